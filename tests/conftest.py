@@ -1,0 +1,61 @@
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A model and schedule small enough that a whole train.py run takes seconds on two CPU cores.
+TINY_RUN = [
+    "trainer.accelerator=cpu",
+    "model.block_size=16",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "data.batch_size=8",
+    "data.eval_chunks=16",
+    "optim.warmup_steps=2",
+    "callbacks.text_sample.max_new_tokens=20",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def make_corpus(n_lines=2000, seed=0) -> str:
+    """A small text with Shakespeare's shape (speaker, then a line), regular enough to learn quickly."""
+    rng = random.Random(seed)
+    speakers = ["ROMEO", "JULIET", "HAMLET", "KING LEAR"]
+    words = "to be or not that is the question my lord good night sweet prince what light".split()
+    lines = []
+    for _ in range(n_lines):
+        lines.append(f"{rng.choice(speakers)}:\n{' '.join(rng.choices(words, k=rng.randint(3, 8)))}.\n\n")
+    return "".join(lines)
+
+
+@pytest.fixture(scope="session")
+def corpus_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train.py or sample.py as a user would: a fresh process, no stdin, no W&B credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

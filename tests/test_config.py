@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from gpt.errors import UserError
+from gpt.lightning_module import GPTModule
+from gpt.training import check_config
+
+from .conftest import ROOT, run_script
+
+CONF = ROOT / "conf"
+OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in
+           ("model", "trainer", "logger", "callbacks", "data", "optim")}  # fmt: skip
+
+
+def compose_train(*overrides, output_dir="/tmp/unused"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"output_dir={output_dir}", *overrides])
+
+
+@pytest.mark.parametrize("model", OPTIONS["model"])
+def test_every_model_config_composes_checks_and_builds(model):
+    cfg = compose_train(f"model={model}")
+    check_config(cfg)
+    assert cfg.data.block_size == cfg.model.block_size
+    assert cfg.optim.decay_steps == cfg.trainer.max_steps
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with torch.device("meta"):  # the large models are built without allocating their weights
+        module = GPTModule(config["model"], config["optim"], vocab=[chr(i) for i in range(65)])
+    n_params = module.model.num_parameters()
+    expected = {"bigram": (65 * 65,) * 2, "tiny": (0.7e6, 0.9e6), "small": (10.6e6, 10.9e6),
+                "medium": (80e6, 90e6), "large": (290e6, 320e6)}[model]  # fmt: skip
+    assert expected[0] <= n_params <= expected[1]
+
+
+@pytest.mark.parametrize("trainer", OPTIONS["trainer"])
+def test_every_trainer_config_instantiates(trainer, tmp_path):
+    cfg = compose_train(f"trainer={trainer}", output_dir=str(tmp_path))
+    check_config(cfg)
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    assert instantiate(cfg.trainer).max_steps == 2000
+
+
+@pytest.mark.parametrize("logger", OPTIONS["logger"])
+def test_every_logger_and_callback_config_instantiates(logger, tmp_path):
+    cfg = compose_train(f"logger={logger}", output_dir=str(tmp_path))
+    loggers = [type(instantiate(c)).__name__ for c in (cfg.logger or {}).values()]
+    assert loggers == {"csv": ["CSVLogger"], "wandb": ["CSVLogger", "WandbLogger"], "none": []}[logger]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert [type(c).__name__ for c in callbacks] == ["ModelCheckpoint", "TextSample"]
+    assert Path(callbacks[0].dirpath) == tmp_path / "checkpoints"
+
+
+def test_data_path_comes_from_the_environment_unless_given(monkeypatch):
+    monkeypatch.setenv("GPT_DATA_PATH", "/somewhere/input.txt")
+    assert compose_train().data.path == "/somewhere/input.txt"
+    assert compose_train("data.path=/elsewhere.txt").data.path == "/elsewhere.txt"
+    monkeypatch.delenv("GPT_DATA_PATH")
+    assert compose_train().data.path is None
+
+
+def test_invalid_config_lists_every_problem_at_once():
+    cfg = compose_train("model.n_embd=100", "model.n_head=3", "optim.lr=-1", "data.train_fraction=1.5")
+    with pytest.raises(UserError) as error:
+        check_config(cfg)
+    message = str(error.value)
+    for problem in ("model.n_embd=100 must be divisible by model.n_head=3", "optim.lr=-1", "train_fraction"):
+        assert problem in message
+
+
+def test_validation_must_fall_on_the_last_step():
+    with pytest.raises(UserError, match="multiple of trainer.val_check_interval"):
+        check_config(compose_train("trainer.max_steps=1000", "trainer.val_check_interval=300"))
+
+
+def test_help_lists_the_config_groups():
+    result = run_script("train.py", "--help")
+    assert result.returncode == 0
+    assert "model: bigram, large, medium, small, tiny" in result.stdout
+    assert "logger: csv, none, wandb" in result.stdout

@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from gpt.model import GPT, BigramLanguageModel, build_model
+
+VOCAB = 65
+
+
+def tiny_gpt(**overrides):
+    fields = dict(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
+    return GPT(**{**fields, **overrides})
+
+
+MODELS = {"bigram": lambda: BigramLanguageModel(VOCAB, block_size=16), "gpt": tiny_gpt}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_shape_and_loss_at_init_is_ln_vocab(name):
+    model = MODELS[name]()
+    idx = torch.randint(VOCAB, (8, 16))
+    targets = torch.randint(VOCAB, (8, 16))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (8, 16, VOCAB)
+    assert loss.item() == pytest.approx(math.log(VOCAB), abs=0.05)  # every character about equally likely
+    assert model(idx)[1] is None
+
+
+def test_attention_is_causal():
+    model = tiny_gpt().eval()
+    idx = torch.randint(VOCAB, (2, 16))
+    changed = idx.clone()
+    changed[:, 9:] = (changed[:, 9:] + 1) % VOCAB  # change every token from position 9 on
+    logits, _ = model(idx)
+    logits_changed, _ = model(changed)
+    assert torch.allclose(logits[:, :9], logits_changed[:, :9], atol=1e-6)  # the past cannot see the future
+    assert not torch.allclose(logits[:, 9:], logits_changed[:, 9:], atol=1e-3)
+
+
+def test_residual_blocks_start_near_zero():
+    model = tiny_gpt(n_layer=6)
+    x = torch.randn(4, 16, 32) * 0.02 * math.sqrt(2)  # the scale of token + position embeddings at init
+    for block in model.blocks:
+        update = block(x) - x
+        assert update.norm() < 0.3 * x.norm()  # each block adds little: the residual pathway dominates
+
+
+def test_gpt_lecture_size_has_about_ten_million_parameters():
+    model = build_model("gpt", VOCAB, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2)
+    assert 10.6e6 < model.num_parameters() < 10.9e6
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_generate_returns_requested_length_and_never_feeds_more_than_block_size(name):
+    model = MODELS[name]().eval()
+    seen_lengths = []
+    model.register_forward_pre_hook(lambda module, args: seen_lengths.append(args[0].shape[1]))
+    out = model.generate(torch.zeros((3, 1), dtype=torch.long), max_new_tokens=40)
+    assert out.shape == (3, 41)
+    assert out[:, 0].eq(0).all()  # the start token is kept
+    assert max(seen_lengths) == model.block_size  # the context is cropped to block_size, not beyond
+    assert len(seen_lengths) == 40
+
+
+def test_generate_is_reproducible_and_greedy_at_temperature_zero():
+    model = tiny_gpt().eval()
+    start = torch.zeros((1, 1), dtype=torch.long)
+    sample = lambda **kw: model.generate(start, 30, generator=torch.Generator().manual_seed(1), **kw)  # noqa: E731
+    assert torch.equal(sample(), sample())
+    greedy = model.generate(start, 30, temperature=0)
+    assert torch.equal(greedy, sample(top_k=1))  # only the likeliest token is left to draw
+    assert torch.equal(greedy, model.generate(start, 30, temperature=0))
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(start, 1, temperature=-1)
+
+
+def test_top_k_only_draws_among_the_k_likeliest():
+    model = BigramLanguageModel(VOCAB, block_size=4).eval()
+    start = torch.zeros((200, 1), dtype=torch.long)
+    allowed = set(model(start[:1])[0][0, -1].topk(3).indices.tolist())
+    drawn = set(model.generate(start, 1, top_k=3)[:, 1].tolist())
+    assert drawn <= allowed
+
+
+def test_generate_stream_yields_the_tokens_generate_returns():
+    model = tiny_gpt().eval()
+    start = torch.zeros((1, 1), dtype=torch.long)
+    streamed = list(model.generate_stream(start, 10, generator=torch.Generator().manual_seed(3)))
+    full = model.generate(start, 10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat([start, *streamed], dim=1), full)
+
+
+def test_bad_model_configs_are_refused():
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_gpt(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="unknown model arch"):
+        build_model("lstm", VOCAB, block_size=8)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        tiny_gpt()(torch.zeros((1, 17), dtype=torch.long))

@@ -1,0 +1,32 @@
+import pytest
+
+from gpt.errors import UserError
+from gpt.tokenizer import CharTokenizer
+
+
+def test_vocabulary_is_the_sorted_set_of_characters():
+    tokenizer = CharTokenizer.from_text("hello world\n")
+    assert tokenizer.chars == ["\n", " ", "d", "e", "h", "l", "o", "r", "w"]
+    assert tokenizer.vocab_size == 9
+
+
+def test_encode_decode_round_trip():
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
+    tokenizer = CharTokenizer.from_text(text)
+    ids = tokenizer.encode(text)
+    assert all(0 <= i < tokenizer.vocab_size for i in ids)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.encode("F") == [tokenizer.chars.index("F")]
+
+
+def test_unknown_characters_are_named_in_the_error():
+    tokenizer = CharTokenizer.from_text("abc")
+    with pytest.raises(UserError, match="'xz'"):
+        tokenizer.encode("abxcz")
+
+
+def test_sampling_starts_from_a_newline_or_the_prompt():
+    tokenizer = CharTokenizer.from_text("ab\ncd")
+    assert tokenizer.prompt_ids() == [tokenizer.stoi["\n"]]
+    assert tokenizer.prompt_ids("cab") == tokenizer.encode("cab")
+    assert CharTokenizer.from_text("abc").prompt_ids() == [0]  # no newline in the corpus: token 0

@@ -1,0 +1,150 @@
+"""train.py and sample.py end to end, run as a user runs them: separate processes, through Hydra."""
+
+import csv
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from gpt.errors import UserError
+from gpt.lightning_module import GPTModule
+from gpt.sampling import sample
+from gpt.training import check_resumable
+
+from .conftest import ROOT, TINY_RUN, run_script
+
+RUN = [*TINY_RUN, "model.dropout=0.1", "trainer.val_check_interval=10", "optim.decay_steps=20"]
+
+
+def train(run_dir, corpus_path, *overrides):
+    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *RUN, *overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, corpus_path):
+    """One 20-step training run, shared by the tests that read what it wrote."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = train(run_dir, corpus_path, "trainer.max_steps=20")
+    (run_dir / "console.txt").write_text(result.stdout + result.stderr)
+    return run_dir
+
+
+def sample_cfg(checkpoint, **overrides):
+    defaults = OmegaConf.load(ROOT / "conf" / "sample.yaml")
+    del defaults["defaults"], defaults["hydra"]
+    return OmegaConf.merge(defaults, {"ckpt": str(checkpoint), **overrides})
+
+
+def test_training_writes_checkpoints_metrics_samples_and_reports_the_best(run_dir):
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    val = {int(r["step"]): float(r["val/loss"]) for r in rows if r["val/loss"]}
+    assert sorted(val) == [9, 19]  # validated every 10 steps (the CSV counts from 0)
+    assert all(r["train/loss_eval"] for r in rows if r["val/loss"])
+    assert len([r for r in rows if r["train/loss"]]) == 20 and any(r["train/lr"] for r in rows)
+    assert (run_dir / "samples.txt").read_text().count("--- step") == 2
+    console = (run_dir / "console.txt").read_text()
+    assert f"best val loss {min(val.values()):.4f}" in console
+    assert str(run_dir / "checkpoints" / "best.ckpt") in console
+
+
+def test_checkpoint_is_plain_data_with_tokenizer_config_and_rng(run_dir, corpus_path):
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 20
+    assert checkpoint["hyper_parameters"]["vocab"] == sorted(set(corpus_path.read_text()))
+    assert checkpoint["hyper_parameters"]["model"]["n_embd"] == 32
+    assert checkpoint["config"]["trainer"]["max_steps"] == 20
+    assert {"torch", "python"} <= checkpoint["rng"].keys()
+    assert checkpoint["optimizer_states"][0]["state"] and checkpoint["lr_schedulers"][0]["last_epoch"] == 20
+
+
+def test_resuming_continues_exactly_where_the_run_stopped(run_dir, corpus_path, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(first, corpus_path, "trainer.max_steps=10")
+    train(second, corpus_path, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    straight = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 20
+    for name, weight in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=0, atol=1e-6)
+    straight_state = straight["optimizer_states"][0]["state"]
+    for i, state in resumed["optimizer_states"][0]["state"].items():
+        torch.testing.assert_close(state["exp_avg_sq"], straight_state[i]["exp_avg_sq"], rtol=0, atol=1e-9)
+
+
+def test_resuming_from_another_model_is_refused(run_dir):
+    other = GPTModule(dict(arch="bigram", block_size=16), {}, vocab=list("ab"))
+    with pytest.raises(UserError, match="cannot resume.*trained with model="):
+        check_resumable(run_dir / "checkpoints" / "last.ckpt", other)
+
+
+def test_sample_script_streams_text_that_continues_the_prompt(run_dir, corpus_path):
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    args = [f"ckpt={ckpt}", "prompt=ROMEO:", "num_samples=2", "max_new_tokens=40", "device=cpu"]
+    result = run_script("sample.py", *args)
+    assert result.returncode == 0, result.stderr
+    samples = result.stdout.rstrip("\n").split("\n" + "-" * 40 + "\n")
+    assert len(samples) == 2
+    vocab = set(corpus_path.read_text())
+    for text in samples:
+        assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
+        assert set(text) <= vocab
+    assert not (run_dir.parent / "outputs").exists()
+
+
+def test_sampling_is_reproducible_with_a_seed_and_starts_from_a_newline(run_dir, capsys):
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    outputs = []
+    for seed in (1, 1, 2):
+        sample(sample_cfg(ckpt, max_new_tokens=60, seed=seed))
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] != outputs[2]
+    assert outputs[0].startswith("\n") and len(outputs[0]) == 1 + 60 + 1  # newline start, text, final newline
+    sample(sample_cfg(ckpt, max_new_tokens=30, temperature=0))  # greedy: the documented temperature 0
+    assert len(capsys.readouterr().out) == 1 + 30 + 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"prompt": "ROMEO: Ω"}, "not in the vocabulary: 'Ω'"),
+        ({"temperature": -0.5}, "temperature=-0.5 must be > 0"),
+        ({"top_k": 0}, "top_k=0 must be >= 1"),
+        ({"prompt": "a", "prompt_file": "p.txt"}, "either prompt"),
+        ({"ckpt": "missing.ckpt"}, "checkpoint missing.ckpt not found"),
+        ({"ckpt": None}, "which checkpoint"),
+    ],
+)
+def test_bad_sampling_input_gets_a_clear_error(run_dir, overrides, message):
+    cfg = sample_cfg(run_dir / "checkpoints" / "best.ckpt", **overrides)
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        sample(cfg)
+
+
+def test_files_that_are_not_our_checkpoints_are_refused(tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, message in ((garbage, "not a checkpoint this project can read"), (foreign, "not written by")):
+        with pytest.raises(UserError, match=message):
+            sample(sample_cfg(path))
+
+
+def test_errors_print_one_line_without_a_traceback(tmp_path, corpus_path):
+    bad_config = run_script("train.py", f"hydra.run.dir={tmp_path}", "model.n_embd=100", "model.n_head=3")
+    missing_data = run_script("train.py", f"hydra.run.dir={tmp_path}", f"data.path={tmp_path / 'none.txt'}")
+    missing_ckpt = run_script("sample.py", f"ckpt={tmp_path / 'none.ckpt'}")
+    for result in (bad_config, missing_data, missing_ckpt):
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "divisible" in bad_config.stderr and "does not exist" in missing_data.stderr
+
+
+def test_wandb_logger_runs_offline_without_account_or_prompt(tmp_path, corpus_path):
+    train(tmp_path, corpus_path, "logger=wandb", "trainer.max_steps=10")
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(run.glob("*.wandb"))
+    assert (tmp_path / "metrics.csv").exists()  # the CSV log is kept beside W&B
