@@ -47,11 +47,12 @@ class GPTModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        # Lightning runs this in eval mode (no dropout) under no_grad and averages over the batches.
+        # Lightning runs this in eval mode (no dropout) under no_grad and averages over the batches
+        # (and, with sync_dist, over the devices that each evaluated a share of the chunks).
         x, y = batch
         _, loss = self.model(x, y)
         name = ("val/loss", "train/loss_eval")[dataloader_idx]
-        self.log(name, loss, add_dataloader_idx=False, prog_bar=dataloader_idx == 0)
+        self.log(name, loss, add_dataloader_idx=False, prog_bar=dataloader_idx == 0, sync_dist=True)
 
     def configure_optimizers(self):
         cfg = self.hparams.optim

@@ -89,7 +89,6 @@ def train(cfg: DictConfig) -> float:
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for logger in loggers:
         logger.log_hyperparams(config)
-    log.info(f"{type(module.model).__name__} with {module.model.num_parameters():,} parameters")
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
 
     best = trainer.checkpoint_callback
