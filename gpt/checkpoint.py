@@ -9,13 +9,14 @@ from gpt.model import LanguageModel, build_model
 from gpt.tokenizer import CharTokenizer
 
 
-def read_checkpoint(path, device="cpu") -> dict:
-    """The checkpoint's contents, loaded safely (no pickled code), with tensors on ``device``."""
+def read_checkpoint(path) -> dict:
+    """The checkpoint's contents, loaded safely (plain data, no pickled code) and memory-mapped: a tensor is
+    read from disk only when it is used, so looking at a large checkpoint's config costs little."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train.py writes them to <run dir>/checkpoints/")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # a truncated file, another format, pickled objects
         raise UserError(f"{path} is not a checkpoint this project can read: {err}".splitlines()[0]) from None
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
@@ -26,7 +27,7 @@ def read_checkpoint(path, device="cpu") -> dict:
 
 def load_model(path, device="cpu") -> tuple[LanguageModel, CharTokenizer]:
     """Rebuild the model (in eval mode, on ``device``) and its tokenizer from a checkpoint file."""
-    checkpoint = read_checkpoint(path, device)
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     tokenizer = CharTokenizer(hparams["vocab"])
     # Lightning prefixes the weights with the LightningModule's attribute name.

@@ -1,7 +1,6 @@
 """The LightningModule: trains any model of gpt.model with AdamW and a warmup + cosine schedule."""
 
 import math
-import random
 from functools import partial
 
 import lightning as L
@@ -75,7 +74,7 @@ class GPTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # Lightning saves model, optimizer, scheduler and loop state; add the RNGs dropout draws from.
         checkpoint["config"] = self.run_config
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
@@ -83,6 +82,5 @@ class GPTModule(L.LightningModule):
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
-            random.setstate(rng["python"])
             if "cuda" in rng and torch.cuda.device_count() == len(rng["cuda"]):
                 torch.cuda.set_rng_state_all(rng["cuda"])

@@ -47,12 +47,12 @@ def _seed():
     torch.manual_seed(0)
 
 
-def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, cwd=ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run train.py or sample.py as a user would: a fresh process, no stdin, no W&B credentials."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     return subprocess.run(
-        [sys.executable, script, *args],
-        cwd=ROOT,
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,

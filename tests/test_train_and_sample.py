@@ -56,7 +56,7 @@ def test_checkpoint_is_plain_data_with_tokenizer_config_and_rng(run_dir, corpus_
     assert checkpoint["hyper_parameters"]["vocab"] == sorted(set(corpus_path.read_text()))
     assert checkpoint["hyper_parameters"]["model"]["n_embd"] == 32
     assert checkpoint["config"]["trainer"]["max_steps"] == 20
-    assert {"torch", "python"} <= checkpoint["rng"].keys()
+    assert checkpoint["rng"]["torch"].dtype == torch.uint8
     assert checkpoint["optimizer_states"][0]["state"] and checkpoint["lr_schedulers"][0]["last_epoch"] == 20
 
 
@@ -80,10 +80,10 @@ def test_resuming_from_another_model_is_refused(run_dir):
         check_resumable(run_dir / "checkpoints" / "last.ckpt", other)
 
 
-def test_sample_script_streams_text_that_continues_the_prompt(run_dir, corpus_path):
+def test_sample_script_streams_text_that_continues_the_prompt(run_dir, corpus_path, tmp_path):
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     args = [f"ckpt={ckpt}", "prompt=ROMEO:", "num_samples=2", "max_new_tokens=40", "device=cpu"]
-    result = run_script("sample.py", *args)
+    result = run_script("sample.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     samples = result.stdout.rstrip("\n").split("\n" + "-" * 40 + "\n")
     assert len(samples) == 2
@@ -91,7 +91,7 @@ def test_sample_script_streams_text_that_continues_the_prompt(run_dir, corpus_pa
     for text in samples:
         assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
         assert set(text) <= vocab
-    assert not (run_dir.parent / "outputs").exists()
+    assert list(tmp_path.iterdir()) == []  # sampling writes no files
 
 
 def test_sampling_is_reproducible_with_a_seed_and_starts_from_a_newline(run_dir, capsys):
