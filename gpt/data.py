@@ -1,7 +1,6 @@
 """Tiny Shakespeare (or any UTF-8 text) as a LightningDataModule of random character chunks."""
 
 import itertools
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
