@@ -1,6 +1,7 @@
 """Tiny Shakespeare (or any UTF-8 text) as a LightningDataModule of random character chunks."""
 
 import itertools
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,34 +23,63 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: t
     x is the first ``block_size`` tokens of each chunk and y the last ``block_size``: y[t] is the token
     that follows x[:t+1], so one chunk gives block_size predictions with contexts of 1..block_size.
     """
-    offsets = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    chunks = data.unfold(0, block_size + 1, 1)[offsets]  # (batch_size, block_size + 1)
+    offsets = torch.randint(len(data) - block_size, (batch_size,), generator=generator, device=data.device)
+    return chunks_at(data, block_size, offsets)
+
+
+def chunks_at(data: torch.Tensor, block_size: int, offsets: torch.Tensor):
+    """Inputs and targets of the chunks of ``block_size + 1`` tokens that start at ``offsets``."""
+    chunks = data.unfold(0, block_size + 1, 1)[offsets]  # (len(offsets), block_size + 1)
     return chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous()
 
 
-class RandomBatches:
-    """An endless stream of training batches from ``get_batch``.
+def micro_batch_size(batch_size: int, world_size: int, accumulation: int) -> int:
+    """Chunks per device per forward pass: ``batch_size`` (per optimizer step) split evenly over the devices
+    and the gradient accumulation steps, so a config trains the same recipe on any number of devices."""
+    micro, rest = divmod(batch_size, world_size * accumulation)
+    if rest or not micro:
+        raise UserError(
+            f"data.batch_size={batch_size} chunks per optimizer step must be a multiple of devices x nodes "
+            f"x trainer.accumulate_grad_batches = {world_size} x {accumulation}; change one of them"
+        )
+    return micro
 
-    Batch number i is drawn with a generator seeded from (seed, i), so a run resumed at batch i sees
-    exactly the batches the uninterrupted run would have seen.
+
+class RandomBatches:
+    """An endless stream of training micro-batches: this device's share of every optimizer step's batch.
+
+    The batch of optimizer step s is ``batch_size`` random chunks drawn with a generator seeded from (seed, s).
+    It is cut into world_size x accumulation micro-batches; rank r takes number k * world_size + r at the
+    k-th micro-step. So every rank trains on different chunks, one device or N devices (with or without
+    accumulation) train on exactly the same batches, and a run resumed at step s sees the batches the
+    uninterrupted run would have seen. ``start`` counts micro-batches. The batches are drawn where ``data``
+    lives: with the corpus on the GPU, sampling a batch is a few kernel launches and nothing crosses the bus.
     """
 
-    def __init__(self, data, block_size, batch_size, seed, start=0):
+    def __init__(self, data, block_size, batch_size, seed, start=0, rank=0, world_size=1, accumulation=1):
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
         self.seed, self.start = seed, start
+        self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
+        self.micro_batch_size = micro_batch_size(batch_size, world_size, accumulation)
 
     def __iter__(self):
-        generator = torch.Generator()
+        generator = torch.Generator(device=self.data.device)
         for i in itertools.count(self.start):
-            generator.manual_seed(hash((self.seed, i)) & 0xFFFF_FFFF_FFFF)  # int tuples hash reproducibly
-            yield get_batch(self.data, self.block_size, self.batch_size, generator)
+            step, micro_step = divmod(i, self.accumulation)
+            generator.manual_seed(hash((self.seed, step)) & 0xFFFF_FFFF_FFFF)  # int tuples hash reproducibly
+            offsets = torch.randint(
+                len(self.data) - self.block_size, (self.batch_size,), generator=generator, device=self.data.device
+            )
+            first = (micro_step * self.world_size + self.rank) * self.micro_batch_size
+            yield chunks_at(self.data, self.block_size, offsets[first : first + self.micro_batch_size])
 
 
 class CharDataModule(L.LightningDataModule):
     """Encodes a text file into one tensor of token ids and splits it: the first ``train_fraction`` trains.
 
-    Training batches are random chunks (different on every rank); validation uses ``eval_chunks`` fixed
-    chunks drawn with ``eval_seed`` from each split, so val losses of different runs are comparable.
+    Training batches are random chunks, ``batch_size`` per optimizer step, shared out between the devices
+    and accumulation steps. Validation uses ``eval_chunks`` fixed chunks drawn with ``eval_seed`` from each
+    split, so val losses of different runs are comparable; each device evaluates its own share of them.
     """
 
     def __init__(
@@ -63,6 +93,7 @@ class CharDataModule(L.LightningDataModule):
         eval_chunks: int = 256,
         eval_seed: int = 0,
         seed: int = 0,
+        device_batches: bool = True,
     ):
         super().__init__()
         self.path = Path(path).expanduser() if path else None
@@ -71,6 +102,7 @@ class CharDataModule(L.LightningDataModule):
         self.block_size, self.batch_size = block_size, batch_size
         self.train_fraction = train_fraction
         self.eval_chunks, self.eval_seed, self.seed = eval_chunks, eval_seed, seed
+        self.device_batches = device_batches
         self.tokenizer: CharTokenizer | None = None
 
     @property
@@ -87,7 +119,7 @@ class CharDataModule(L.LightningDataModule):
         if target.is_file():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
+        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # one per process: ranks may race here
         try:
             with urllib.request.urlopen(self.url, timeout=30) as response, open(partial, "wb") as out:
                 out.write(response.read())
@@ -119,17 +151,35 @@ class CharDataModule(L.LightningDataModule):
                     f"block_size + 1 = {self.block_size + 1}; use a longer text or a smaller model.block_size"
                 )
 
+    def _world(self):
+        """(rank, number of devices, accumulation steps) of the run this data module serves."""
+        if self.trainer is None:
+            return 0, 1, 1
+        return self.trainer.global_rank, self.trainer.world_size, self.trainer.accumulate_grad_batches
+
     def train_dataloader(self):
-        rank = self.trainer.global_rank if self.trainer else 0
-        # On resume, continue the batch sequence where the checkpointed run stopped.
-        start = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
-        return RandomBatches(self.train_data, self.block_size, self.batch_size, (self.seed, rank), start)
+        data, start = self.train_data, 0
+        rank, world_size, accumulation = self._world()
+        if self.trainer:
+            # On resume, continue the batch sequence where the checkpointed run stopped.
+            start = self.trainer.global_step * accumulation
+            if self.device_batches:  # the whole corpus is a few MB: keep it on the device, sample there
+                data = data.to(self.trainer.strategy.root_device)
+        # All ranks draw from one stream, keyed (seed, 0) as when each rank had its own: one device is unchanged.
+        stream = (self.seed, 0)
+        return RandomBatches(data, self.block_size, self.batch_size, stream, start, rank, world_size, accumulation)
 
     def val_dataloader(self):
-        """Two fixed sets of chunks: the validation split, and the train split to estimate the train loss."""
+        """Two fixed sets of chunks: the validation split, and the train split to estimate the train loss.
+
+        Each device takes every world_size-th chunk (``eval_chunks`` is a multiple of world_size), without the
+        duplicates Lightning's distributed sampler pads with: the mean over the devices is over exactly the eval set.
+        """
         return [self._fixed_chunks(self.val_data), self._fixed_chunks(self.train_data)]
 
     def _fixed_chunks(self, data):
+        rank, world_size, accumulation = self._world()
         generator = torch.Generator().manual_seed(self.eval_seed)
         x, y = get_batch(data, self.block_size, self.eval_chunks, generator)
-        return DataLoader(TensorDataset(x, y), batch_size=self.batch_size)
+        batch_size = micro_batch_size(self.batch_size, world_size, accumulation)
+        return DataLoader(TensorDataset(x[rank::world_size], y[rank::world_size]), batch_size=batch_size)

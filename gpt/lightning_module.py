@@ -1,10 +1,12 @@
 """The LightningModule: trains any model of gpt.model with AdamW and a warmup + cosine schedule."""
 
 import math
+import time
 from functools import partial
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt.model import build_model
 from gpt.tokenizer import CharTokenizer
@@ -29,21 +31,49 @@ class GPTModule(L.LightningModule):
     Its hyperparameters (model config, optimizer config, vocabulary) are plain data stored in every
     checkpoint, so a checkpoint alone rebuilds the model and tokenizer. ``run_config``, the whole config of
     the run, is stored beside them as a record of how the checkpoint was made.
+
+    With ``compile`` the training forward pass goes through ``torch.compile(self.model.forward)``: the
+    compiled function is not a submodule, so the weights keep their names and a checkpoint loads the same
+    whether or not it was trained compiled. Validation and sampling use the eager model (their shapes vary).
     """
 
-    def __init__(self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None):
+    def __init__(
+        self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None, compile: bool = False
+    ):
         super().__init__()
         self.save_hyperparameters("model", "optim", "vocab", logger=False)  # train.py logs run_config
         self.run_config = run_config
         self.tokenizer = CharTokenizer(vocab)
         self.model = build_model(vocab_size=len(vocab), **model)
+        self.compiled = compile
+        self.train_forward = torch.compile(self.model.forward) if compile else self.model.forward
+        self.fit_started = None
+
+    def __getstate__(self):
+        # ddp_spawn pickles the module for its worker processes, and a compiled function does not pickle:
+        # leave it out and compile again on arrival.
+        return {**super().__getstate__(), "train_forward": None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.train_forward = torch.compile(self.model.forward) if self.compiled else self.model.forward
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self.train_forward(x, y)
+        # A logged tensor stays on the device until a logger or the progress bar reads it (every
+        # trainer.log_every_n_steps): no host sync in the step.
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # FSDP shards the gradients, so only the sharded model can compute their global norm: Lightning's own
+        # clipping refuses FSDP and asks for the model's clip_grad_norm_.
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         # Lightning runs this in eval mode (no dropout) under no_grad and averages over the batches
@@ -53,6 +83,14 @@ class GPTModule(L.LightningModule):
         name = ("val/loss", "train/loss_eval")[dataloader_idx]
         self.log(name, loss, add_dataloader_idx=False, prog_bar=dataloader_idx == 0, sync_dist=True)
 
+    def on_fit_start(self):
+        self.fit_started = time.perf_counter()
+
+    def on_validation_epoch_end(self):
+        # Wall time beside each validation loss: runs are compared per second, not only per step.
+        if self.fit_started is not None:
+            self.log("time/elapsed_s", time.perf_counter() - self.fit_started, sync_dist=True)
+
     def configure_optimizers(self):
         cfg = self.hparams.optim
         # Decay the matrices (weights, embeddings); leave biases and LayerNorm gains alone.
@@ -61,7 +99,9 @@ class GPTModule(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        # The fused kernel updates every parameter in one launch; it exists for CUDA tensors only.
+        fused = self.device.type == "cuda" if cfg.get("fused", "auto") == "auto" else cfg["fused"]
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
         schedule = partial(
             lr_factor,
             warmup_steps=cfg["warmup_steps"],

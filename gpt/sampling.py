@@ -1,4 +1,5 @@
-"""The sampling job behind sample.py: load a checkpoint and stream generated text to stdout."""
+"""The sampling job behind sample.py: load a checkpoint and stream generated text to stdout, or draw where
+one attention head looks over the prompt."""
 
 import sys
 from pathlib import Path
@@ -29,6 +30,41 @@ def pick_device(name: str) -> str:
     return name
 
 
+def save_attention_map(model, tokenizer, prompt_ids: list[int], path: str, layer: int, head: int) -> None:
+    """Save a heat map of one layer's head over the prompt as a PNG: row t is where position t looks."""
+    n_layer = len(getattr(model, "blocks", ()))
+    if not n_layer:
+        raise UserError("this model has no attention layers to draw (a bigram or n_layer=0 model)")
+    if not 0 <= layer < n_layer:
+        raise UserError(f"layer={layer} does not exist: this model has layers 0 to {n_layer - 1}")
+    if len(prompt_ids) > model.block_size:
+        raise UserError(f"the prompt has {len(prompt_ids)} characters, the model sees {model.block_size}: shorten it")
+    maps = model.attention_maps(torch.tensor([prompt_ids], device=next(model.parameters()).device))
+    if not 0 <= head < len(maps[layer]):
+        raise UserError(f"head={head} does not exist: layer {layer} has heads 0 to {len(maps[layer]) - 1}")
+
+    # Imported only for this, and without pyplot: no GUI backend, no global figure state.
+    from matplotlib.figure import Figure
+
+    chars = [{" ": "␣", "\n": "\\n"}.get(c, c) for c in tokenizer.decode(prompt_ids)]
+    size = min(2 + 0.25 * len(chars), 16)
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(maps[layer][head].cpu(), cmap="viridis", vmin=0)
+    ticks = range(len(chars))
+    ax.set_xticks(ticks, chars, fontsize=8)
+    ax.set_yticks(ticks, chars, fontsize=8)
+    ax.set_xlabel("the character looked at (key)")
+    ax.set_ylabel("the character looking (query)")
+    ax.set_title(f"layer {layer}, head {head}: row t is where position t looks", fontsize=10)
+    fig.colorbar(image, label="attention weight")
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:
+        raise UserError(f"cannot write attention_png={path}: {err}") from None
+    print(f"attention of layer {layer}, head {head} over {len(chars)} characters: {path}")
+
+
 def sample(cfg: DictConfig) -> None:
     if cfg.ckpt is None:
         raise UserError("which checkpoint? python sample.py ckpt=outputs/<date>/<time>/checkpoints/best.ckpt")
@@ -40,6 +76,11 @@ def sample(cfg: DictConfig) -> None:
     model, tokenizer = load_model(cfg.ckpt, device)
     prompt = read_prompt(cfg)
     start = tokenizer.prompt_ids(prompt)  # unknown characters fail here, naming them
+    if cfg.attention_png is not None:
+        if not prompt:
+            raise UserError("attention_png draws attention over a prompt: give prompt=... or prompt_file=...")
+        save_attention_map(model, tokenizer, start, cfg.attention_png, cfg.layer, cfg.head)
+        return
     torch.manual_seed(cfg.seed)
     for i in range(cfg.num_samples):
         if i:

@@ -1,16 +1,29 @@
 """The training job behind train.py: check the config, build data, model and trainer, fit, report."""
 
 import logging
+import os
+from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers import (
+    _MultiProcessingLauncher,
+    _SubprocessScriptLauncher,
+)
 from omegaconf import DictConfig, OmegaConf
 
 from gpt.checkpoint import load_model, read_checkpoint
+from gpt.data import micro_batch_size
 from gpt.errors import UserError
 from gpt.lightning_module import GPTModule
-from gpt.model import ARCHITECTURES
+from gpt.model import ARCHITECTURES, MIXERS
+from gpt.plots import plot_losses
+from gpt.tracking import instantiate_loggers, wandb_run_finished, write_result
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +40,13 @@ def check_config(cfg: DictConfig) -> None:
     require(model.arch in ARCHITECTURES, f"model.arch={model.arch} is not one of {sorted(ARCHITECTURES)}")
     require(model.block_size >= 1, f"model.block_size={model.block_size} must be >= 1")
     if model.arch == "gpt":
-        require(model.n_layer >= 1 and model.n_head >= 1, "model.n_layer and model.n_head must be >= 1")
+        require(model.n_layer >= 0, f"model.n_layer={model.n_layer} must be >= 0 (0: embeddings and a linear head)")
+        require(model.n_head >= 1, f"model.n_head={model.n_head} must be >= 1")
+        mixer = model.get("mixer", "attention")
+        require(mixer in MIXERS, f"model.mixer={mixer} is not one of {list(MIXERS)}")
+        for switch in ("mlp", "residual", "layer_norm", "tie_weights"):
+            value = model.get(switch, False)
+            require(isinstance(value, bool), f"model.{switch}={value} must be true or false")
         require(
             model.n_head >= 1 and model.n_embd % model.n_head == 0,
             f"model.n_embd={model.n_embd} must be divisible by model.n_head={model.n_head}",
@@ -57,9 +76,16 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def check_resumable(ckpt_path: str, module: GPTModule) -> None:
-    """Refuse to resume from a checkpoint of another model or vocabulary, before training touches anything."""
-    saved = read_checkpoint(ckpt_path)["hyper_parameters"]
+def check_resumable(ckpt_path: str, module: GPTModule, max_steps: int | None = None) -> None:
+    """Refuse to resume from a checkpoint of another model or vocabulary, or one that has already trained
+    ``max_steps`` steps (nothing would run), before training touches anything."""
+    checkpoint = read_checkpoint(ckpt_path)
+    if max_steps is not None and checkpoint.get("global_step", 0) >= max_steps:
+        raise UserError(
+            f"{ckpt_path} has already trained {checkpoint['global_step']} steps, trainer.max_steps={max_steps}: "
+            "raise trainer.max_steps to train on"
+        )
+    saved = checkpoint["hyper_parameters"]
     for key in ("model", "vocab"):
         if saved[key] != module.hparams[key]:
             raise UserError(
@@ -68,9 +94,80 @@ def check_resumable(ckpt_path: str, module: GPTModule) -> None:
             )
 
 
+def on_gpu(cfg: DictConfig) -> bool:
+    return cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def resolve_speed_settings(cfg: DictConfig) -> None:
+    """Replace the ``auto`` speed settings by what suits the device this run trains on.
+
+    On a GPU: bf16 autocast where supported (no loss scaling needed), ``torch.compile``, fused AdamW. On a
+    CPU: fp32 and eager (compiling costs ~30 s up front, more than it saves in a run of a few minutes).
+    """
+    gpu = on_gpu(cfg)
+    if cfg.trainer.precision == "auto":
+        cfg.trainer.precision = "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    if cfg.compile == "auto":
+        cfg.compile = gpu
+    if cfg.optim.fused == "auto":
+        cfg.optim.fused = gpu
+    torch.set_float32_matmul_precision(cfg.matmul_precision)  # "high": TF32 matmuls on Ampere and newer
+
+
+def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> L.Trainer:
+    """Lightning's Trainer as ``cfg.trainer`` says, once the batch is known to split evenly over its devices.
+
+    Under a Hydra multirun, several devices train with ``ddp_spawn``. Lightning's default launcher starts
+    ranks 1..N-1 by re-running the command line, which under -m is the whole sweep: every child runs a sweep
+    of its own in other folders, and later jobs start no ranks because LOCAL_RANK stays set (Lightning
+    #11300, lightning-hydra-template #393; W&B #1314 for the runs that then merge). ddp_spawn starts each
+    job's ranks from inside the job, with a process group of their own.
+    """
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        if not isinstance(trainer.strategy, DDPStrategy):
+            raise UserError(
+                f"{type(trainer.strategy).__name__} can only start its processes by re-running the command, "
+                "which re-runs the whole sweep: run the jobs of a multirun one by one"
+            )
+        trainer = instantiate(cfg.trainer, strategy="ddp_spawn", logger=loggers or False, callbacks=callbacks)
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        # The spawned rank 0 attaches to the W&B run started here, and without WANDB_DIR it would write the
+        # run's media (the sample tables) under the current directory instead of the run's folder.
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                os.environ["WANDB_DIR"] = logger.save_dir
+    world_size, accumulation = trainer.world_size, trainer.accumulate_grad_batches
+    micro = micro_batch_size(cfg.data.batch_size, world_size, accumulation)
+    if cfg.data.eval_chunks % world_size:  # Lightning averages the devices' chunk counts as integers, truncated
+        raise UserError(
+            f"data.eval_chunks={cfg.data.eval_chunks} must be a multiple of devices x nodes = {world_size}, "
+            "so that every device evaluates an equal share"
+        )
+    if trainer.is_global_zero:
+        log.info(
+            f"batch: {cfg.data.batch_size} chunks of {cfg.data.block_size} tokens per optimizer step = "
+            f"{world_size} device(s) x {accumulation} micro-batch(es) x {micro} chunks"
+        )
+    return trainer
+
+
+def recover_spawned_fit(trainer: L.Trainer) -> None:
+    """After ``ddp_spawn``, bring back what the worker processes knew: only the weights and the best
+    checkpoint's path come back (Lightning's spawn launcher); last.ckpt has the best score and step count."""
+    if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        return
+    best = trainer.checkpoint_callback
+    checkpoint = read_checkpoint(Path(best.dirpath) / f"{best.CHECKPOINT_NAME_LAST}{best.FILE_EXTENSION}")
+    best.load_state_dict(checkpoint["callbacks"][best.state_key])
+    trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])
+
+
 def train(cfg: DictConfig) -> float:
     """Train as ``cfg`` says; returns the best validation loss (the value a sweep minimises)."""
     check_config(cfg)
+    resolve_speed_settings(cfg)
     # `import lightning` gives its logger a console handler of its own: under Hydra's logging, which already
     # prints to the console and train.log, that shows every Lightning message twice.
     logging.getLogger("lightning").handlers.clear()
@@ -80,16 +177,20 @@ def train(cfg: DictConfig) -> float:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # download once, here, before any DDP worker starts
     datamodule.setup("fit")  # the corpus decides the vocabulary, which sizes the model
-    module = GPTModule(config["model"], config["optim"], datamodule.tokenizer.chars, run_config=config)
+    module = GPTModule(
+        config["model"], config["optim"], datamodule.tokenizer.chars, run_config=config, compile=cfg.compile
+    )
     if cfg.ckpt_path:
-        check_resumable(cfg.ckpt_path, module)
+        check_resumable(cfg.ckpt_path, module, cfg.trainer.max_steps)
 
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    loggers = instantiate_loggers(cfg.logger, cfg.ckpt_path)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    for logger in loggers:
-        logger.log_hyperparams(config)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    trainer = build_trainer(cfg, loggers, callbacks)
+    with wandb_run_finished():  # one W&B run per job, also in a multirun; marked failed if training fails
+        for logger in loggers:
+            logger.log_hyperparams(config)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    recover_spawned_fit(trainer)
 
     best = trainer.checkpoint_callback
     if trainer.is_global_zero:
@@ -98,4 +199,15 @@ def train(cfg: DictConfig) -> float:
         sample = tokenizer.decode(model.generate(idx, 300)[0].tolist())
         log.info(f"sample from the best checkpoint:{sample}")
         log.info(f"best val loss {best.best_model_score:.4f}, checkpoint {best.best_model_path}")
+        result = write_result(  # what a sweep's summary reads
+            cfg.output_dir,
+            best_val_loss=float(best.best_model_score),
+            best_checkpoint=best.best_model_path,
+            steps=trainer.global_step,
+            params=sum(p.numel() for p in module.model.parameters()),
+        )
+        for logger in loggers:
+            if isinstance(logger, CSVLogger):
+                plot = plot_losses(logger.experiment.metrics_file_path, result.parent / "loss.png")
+                log.info(f"loss curves: {plot}")
     return float(best.best_model_score)

@@ -1,3 +1,5 @@
+import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loads)
+
 import os
 import random
 import subprocess

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from gpt.errors import UserError
 from gpt.lightning_module import GPTModule
-from gpt.training import check_config
+from gpt.training import check_config, resolve_speed_settings
 
 from .conftest import ROOT, run_script
 
@@ -43,6 +43,10 @@ def test_every_trainer_config_instantiates(trainer, tmp_path):
     check_config(cfg)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         pytest.skip("needs a GPU")
+    resolve_speed_settings(cfg)
+    gpu = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    assert cfg.trainer.precision == ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true")
+    assert cfg.compile == cfg.optim.fused == gpu
     assert instantiate(cfg.trainer, logger=False).max_steps == 2000
 
 
@@ -52,7 +56,8 @@ def test_every_logger_and_callback_config_instantiates(logger, tmp_path):
     loggers = [type(instantiate(c)).__name__ for c in (cfg.logger or {}).values()]
     assert loggers == {"csv": ["CSVLogger"], "wandb": ["CSVLogger", "WandbLogger"], "none": []}[logger]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert [type(c).__name__ for c in callbacks] == ["ModelCheckpoint", "TextSample"]
+    names = ["ModelCheckpoint", "TextSample", "TQDMProgressBar", "TrainingStats", "WandbRun"]
+    assert [type(c).__name__ for c in callbacks] == names
     assert Path(callbacks[0].dirpath) == tmp_path / "checkpoints"
 
 

@@ -80,6 +80,16 @@ def test_resuming_from_another_model_is_refused(run_dir):
         check_resumable(run_dir / "checkpoints" / "last.ckpt", other)
 
 
+def test_resuming_a_finished_run_asks_for_more_steps(run_dir):
+    last = run_dir / "checkpoints" / "last.ckpt"
+    steps = torch.load(last, weights_only=True)["global_step"]
+    other = GPTModule({"arch": "bigram", "block_size": 16}, {}, vocab=list("ab"))
+    with pytest.raises(UserError, match=f"already trained {steps} steps.*raise trainer.max_steps"):
+        check_resumable(last, other, max_steps=steps)
+    with pytest.raises(UserError, match="cannot resume"):  # with steps left, the model check comes next
+        check_resumable(last, other, max_steps=steps + 1)
+
+
 def test_sample_script_streams_text_that_continues_the_prompt(run_dir, corpus_path, tmp_path):
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     args = [f"ckpt={ckpt}", "prompt=ROMEO:", "num_samples=2", "max_new_tokens=40", "device=cpu"]

@@ -1,0 +1,288 @@
+"""Benchmarks: training throughput (Lightning vs a plain PyTorch loop), MFU, time to a val loss, sampling speed.
+
+    python bench.py                           # every model size that suits this device, then a default train.py run
+    python bench.py --models small --target 1.47 model=small   # trailing key=value: overrides for the train.py run
+    python bench.py --quick                   # a few steps of every part: CI runs it so the script cannot rot
+
+Prints a table per part and writes everything to bench.json (``--json``).
+
+- **throughput**: the model and optimizer of a config, fed the same on-device batches of random tokens, trained
+  ``--steps`` steps after ``--warmup`` (compilation, allocator warm-up) through ``GPTModule`` + Lightning's
+  ``Trainer`` (CSV logging every ``log_every_n_steps`` as in train.py; no progress bar) and through a plain
+  loop (forward, backward, clip, AdamW, schedule). The ratio of their step times is Lightning's overhead.
+- **MFU** (GPU): model FLOPs per token (6 x parameters + 12 x layers x context x width, the PaLM/nanoGPT
+  estimate, counting the attention scores) x tokens/s over the device's dense bf16 peak.
+- **time to target**: a real ``train.py`` run (whole process, its own defaults unless overridden): the wall
+  time, the best val loss and how long after training started the val loss first reached ``--target``.
+- **sampling**: ``block_size`` characters from a newline with and without the KV cache; the outputs must match.
+"""
+
+import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loads)
+
+import argparse
+import csv
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lightning.pytorch.loggers import CSVLogger
+
+from gpt.data import RandomBatches
+from gpt.lightning_module import GPTModule
+from gpt.model import build_model
+from gpt.training import resolve_speed_settings
+
+ROOT = Path(__file__).resolve().parent
+VOCAB = [chr(i) for i in range(32, 97)]  # 65 symbols, the size of Tiny Shakespeare's vocabulary
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; the first name found in the device wins.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
+
+
+def load_config(overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["output_dir=.", *overrides])
+    resolve_speed_settings(cfg)
+    return cfg
+
+
+def flops_per_token(model_cfg, n_params: int) -> float:
+    if model_cfg.arch != "gpt":
+        return 2.0 * n_params  # a table lookup is not a matmul; this only keeps the column defined
+    return 6.0 * n_params + 12.0 * model_cfg.n_layer * model_cfg.block_size * model_cfg.n_embd
+
+
+def device_peak_flops(device: torch.device) -> tuple[str, float | None]:
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    return name, peak
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # the process so far, in MB
+
+
+def make_module(cfg, device):
+    """GPTModule exactly as train.py builds it, on ``device``, and batches of random tokens sampled there."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = GPTModule(config["model"], config["optim"], VOCAB, compile=cfg.compile).to(device)
+    data = torch.randint(len(VOCAB), (1_000_000,), device=device)
+    batches = RandomBatches(data, cfg.model.block_size, cfg.data.batch_size, seed=cfg.seed)
+    return module, batches
+
+
+def plain_loop_ms_per_step(cfg, device, steps: int, warmup: int) -> float:
+    """The same model, optimizer, schedule, clipping and batches as the Lightning run, in a bare loop."""
+    torch.manual_seed(cfg.seed)
+    module, batches = make_module(cfg, device)
+    optim = module.configure_optimizers()
+    optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.trainer.precision == "bf16-mixed")
+    module.train()
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            synchronize(device)
+            started = time.perf_counter()
+        if i == warmup + steps:
+            break
+        with autocast:
+            _, loss = module.train_forward(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.trainer.gradient_clip_val)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return (time.perf_counter() - started) * 1000 / steps
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training batches after the warm-up ones."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.started, self.seconds = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            synchronize(pl_module.device)
+            self.started = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        synchronize(pl_module.device)
+        self.seconds = time.perf_counter() - self.started
+
+
+def lightning_ms_per_step(cfg, device, steps: int, warmup: int, log_dir: str) -> float:
+    torch.manual_seed(cfg.seed)
+    module, batches = make_module(cfg, device)
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=cfg.trainer.precision,
+        max_steps=warmup + steps,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        logger=CSVLogger(log_dir),
+        callbacks=[timer],
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=batches)
+    return timer.seconds * 1000 / steps
+
+
+def bench_throughput(name: str, device, steps: int, warmup: int) -> dict:
+    cfg = load_config([f"model={name}", f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"])
+    n_params = build_model(vocab_size=len(VOCAB), **cfg.model).num_parameters()
+    tokens_per_step = cfg.data.batch_size * cfg.model.block_size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as log_dir:
+        lightning_ms = lightning_ms_per_step(cfg, device, steps, warmup, log_dir)
+    plain_ms = plain_loop_ms_per_step(cfg, device, steps, warmup)
+    device_name, peak = device_peak_flops(device)
+    tokens_per_s = tokens_per_step / (lightning_ms / 1000)
+    return {
+        "model": name,
+        "parameters": n_params,
+        "tokens_per_step": tokens_per_step,
+        "precision": cfg.trainer.precision,
+        "compile": bool(cfg.compile),
+        "lightning_ms_per_step": lightning_ms,
+        "plain_ms_per_step": plain_ms,
+        "lightning_overhead_pct": 100 * (lightning_ms / plain_ms - 1),
+        "tokens_per_s": tokens_per_s,
+        "peak_memory_mb": peak_memory_mb(device),
+        "mfu_pct": None if peak is None else 100 * flops_per_token(cfg.model, n_params) * tokens_per_s / peak,
+        "device": device_name,
+        "peak_flops": peak,
+    }
+
+
+def bench_time_to_target(overrides: list[str], target: float) -> dict:
+    """One whole train.py run in a fresh process, as a user starts it."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
+        started = time.perf_counter()
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        wall_s = time.perf_counter() - started
+        if result.returncode:
+            raise SystemExit(f"train.py failed:\n{result.stderr[-3000:]}")
+        with open(Path(run_dir) / "metrics.csv", newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("val/loss")]
+    val = [(int(row["step"]), float(row["val/loss"]), float(row["time/elapsed_s"])) for row in rows]
+    reached = next(((step, seconds) for step, loss, seconds in val if loss <= target), None)
+    return {
+        "overrides": overrides,
+        "wall_s": wall_s,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10,
+        "best_val_loss": min(loss for _, loss, _ in val),
+        "target": target,
+        "step_at_target": reached and reached[0],
+        "train_s_at_target": reached and reached[1],  # seconds after training started (start-up excluded)
+        "val_curve": val,
+    }
+
+
+def bench_sampling(name: str, device, new_tokens: int | None) -> dict:
+    cfg = load_config([f"model={name}"])
+    model = build_model(vocab_size=len(VOCAB), **cfg.model).to(device).eval()
+    new_tokens = new_tokens or cfg.model.block_size - 1  # fill the context exactly
+    start = torch.zeros((1, 1), dtype=torch.long, device=device)
+    result = {"model": name, "characters": new_tokens}
+    outputs = {}
+    for use_cache in (False, True):
+        generator = torch.Generator(device).manual_seed(0)
+        synchronize(device)
+        started = time.perf_counter()
+        outputs[use_cache] = model.generate(start, new_tokens, generator=generator, use_cache=use_cache)
+        synchronize(device)
+        result[f"chars_per_s_{'cached' if use_cache else 'uncached'}"] = new_tokens / (time.perf_counter() - started)
+    result["speedup"] = result["chars_per_s_cached"] / result["chars_per_s_uncached"]
+    result["identical"] = torch.equal(outputs[False], outputs[True])
+    return result
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    def show(value):
+        if isinstance(value, bool) or value is None:
+            return str(value)
+        return f"{value:,.3g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(show(row[c]) for c in columns) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="train.py overrides for the time-to-target run")
+    parser.add_argument("--models", nargs="+", help="model configs to time (default: those that suit the device)")
+    parser.add_argument("--steps", type=int, default=100, help="timed training steps per model")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, caches)")
+    parser.add_argument("--target", type=float, default=1.80, help="val loss to reach in the train.py run")
+    parser.add_argument("--skip-train", action="store_true", help="skip the whole train.py run")
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test)")
+    parser.add_argument("--json", default="bench.json", help="where to write the results")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    default_models = ["tiny", "small", "medium", "large"] if device.type == "cuda" else ["bigram", "tiny"]
+    models = args.models or (["tiny"] if args.quick else default_models)
+    steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
+    overrides = args.overrides
+    if args.quick:  # a few steps of a smaller model: the point is that every part still runs
+        overrides = [*overrides, "model.n_layer=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
+                     "optim.warmup_steps=0"]  # fmt: skip
+    results = {"device": device_peak_flops(device)[0], "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    results["throughput"] = [bench_throughput(name, device, steps, warmup) for name in models]
+    print_table(
+        f"Training throughput on {results['device']} ({steps} steps after {warmup} warm-up)",
+        results["throughput"],
+        ["model", "parameters", "precision", "compile", "tokens_per_s", "lightning_ms_per_step",
+         "plain_ms_per_step", "lightning_overhead_pct", "peak_memory_mb", "mfu_pct"],
+    )  # fmt: skip
+    sampling_models = args.models or (["tiny"] if args.quick else ["tiny", "small"])  # small: the cache's case
+    results["sampling"] = [bench_sampling(name, device, 16 if args.quick else None) for name in sampling_models]
+    print_table(
+        "Sampling block_size characters, batch 1",
+        results["sampling"],
+        ["model", "characters", "chars_per_s_uncached", "chars_per_s_cached", "speedup", "identical"],
+    )
+    if not args.skip_train:
+        run = results["time_to_target"] = bench_time_to_target(overrides, args.target)
+        print_table(
+            f"train.py {' '.join(overrides) or '(defaults)'}: whole process",
+            [run],
+            ["wall_s", "best_val_loss", "target", "step_at_target", "train_s_at_target", "peak_memory_mb"],
+        )
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

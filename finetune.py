@@ -1,0 +1,20 @@
+"""Fine-tune a pre-trained GPT: python finetune.py stage=sft|reward|ppo init_from=CKPT ... (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from gpt.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
+def main(cfg: DictConfig) -> str:
+    from gpt.finetuning import finetune  # imported here so that --help answers without loading Lightning
+
+    try:
+        return finetune(cfg)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

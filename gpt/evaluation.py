@@ -1,0 +1,130 @@
+"""The job behind evaluate.py: pre-trained, SFT and PPO checkpoints compared on held-out questions."""
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from gpt.checkpoint import read_checkpoint
+from gpt.errors import UserError
+from gpt.finetuning import QAData, encode_documents, load_gpt, load_qa, sample_rated
+from gpt.qa import Rating
+from gpt.rlhf import (
+    answer_loss,
+    at_answer,
+    join,
+    kl_divergence,
+    length_mask,
+    load_reward_model,
+)
+from gpt.sampling import pick_device
+from gpt.stages import markdown_table
+
+log = logging.getLogger(__name__)
+
+COLUMNS = {  # figure: (table header, format)
+    "rater": ("rater score", "{:.3f}"),
+    **{c: (c.replace("_", " "), "{:.3f}") for c in Rating.COMPONENTS},
+    "reward_model": ("reward-model score", "{:+.3f}"),
+    "kl_to_sft": ("KL to SFT (nats/answer)", "{:.2f}"),
+    "answer_loss": ("held-out answer loss", "{:.3f}"),
+    "stop_rate": ("stop rate", "{:.3f}"),
+    "distinct": ("distinct answers", "{:.3f}"),
+    "answer_chars": ("answer length (chars)", "{:.1f}"),
+}
+
+
+@torch.no_grad()
+def measure(model, tokenizer, sft, reward_model, pairs, qa: QAData, cfg: DictConfig):
+    """The figures of one policy on the held-out pairs, and its answers."""
+    prompts, answers, texts, ratings = sample_rated(model, tokenizer, pairs, qa.rater, 1, cfg.temperature, cfg.seed)
+    idx, prompt_lengths = join(prompts, answers)
+    width = answers.tokens.size(1)
+    mask = length_mask(answers.lengths, width)
+    kl = kl_divergence(
+        at_answer(model(idx)[0], prompt_lengths, width),
+        at_answer(sft(idx)[0], prompt_lengths, width),
+        cfg.temperature,
+    )
+    x, y, answer_mask = (t.to(idx.device) for t in encode_documents(pairs, tokenizer))
+    figures = {
+        "rater": sum(r.total for r in ratings) / len(ratings),
+        **{c: sum(getattr(r, c) for r in ratings) / len(ratings) for c in Rating.COMPONENTS},
+        "reward_model": reward_model.score(idx, prompt_lengths + answers.lengths).mean().item(),
+        "kl_to_sft": (kl * mask).sum(1).mean().item(),
+        "answer_loss": answer_loss(model(x)[0], y, answer_mask).item(),
+        "stop_rate": answers.stopped.float().mean().item(),
+        "distinct": len(set(texts)) / len(texts),
+        "answer_chars": (answers.lengths - answers.stopped.long()).float().mean().item(),
+    }
+    return figures, [text if stopped else text + " …" for text, stopped in zip(texts, answers.stopped.tolist())]
+
+
+def plot_history(runs: dict[str, list[dict]], path: Path) -> None:
+    """Left: rater score and KL to the SFT model over PPO updates. Right: reward-model vs rater score."""
+    fig = Figure(figsize=(12, 4.5))  # no pyplot: nothing global, no display needed
+    left, right = fig.subplots(1, 2)
+    kl_axis = left.twinx()
+    for (name, history), color in zip(runs.items(), ("tab:blue", "tab:red", "tab:green")):
+        updates = [h["update"] for h in history]
+        left.plot(updates, [h["rater_score"] for h in history], color=color, label=f"{name}: rater score")
+        kl_axis.plot(updates, [h["kl"] for h in history], color=color, linestyle="--", label=f"{name}: KL")
+        right.plot(updates, [h["rm_score"] for h in history], color=color, linestyle=":", label=f"{name}: reward model")
+        right.plot(updates, [h["rater_score"] for h in history], color=color, label=f"{name}: rater")
+    left.set(xlabel="PPO update", ylabel="rater score (solid)", title="rater score and KL to SFT on rollouts")
+    kl_axis.set_ylabel("KL to SFT, nats per answer (dashed)")
+    right.set(xlabel="PPO update", ylabel="score", title="reward-model score (normalised) vs rater score")
+    left.legend(loc="upper left", fontsize=8)
+    kl_axis.legend(loc="lower right", fontsize=8)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def evaluate(cfg: DictConfig) -> str:
+    """Write eval.md (figures, examples) and eval.png (PPO curves) into the run folder; returns the table."""
+    for key in ("sft", "reward_model"):
+        if cfg[key] is None:
+            raise UserError(f"{key}=... is required: python evaluate.py sft=CKPT reward_model=CKPT [ppo=CKPT] ...")
+    if cfg.temperature <= 0:
+        raise UserError(f"temperature={cfg.temperature} must be > 0")
+    device = pick_device(cfg.device)
+    qa = load_qa(cfg)
+    pairs = qa.heldout if cfg.questions is None else random.Random(cfg.seed).sample(qa.heldout, cfg.questions)
+    sft, tokenizer = load_gpt(cfg.sft, device)
+    reward_model = load_reward_model(cfg.reward_model, device)
+    names = {"pre-trained": cfg.pretrained, "SFT": cfg.sft, "PPO": cfg.ppo, "PPO, over-optimised": cfg.overoptimised}
+    results = {}
+    for name, path in names.items():
+        if path is not None:
+            model, model_tokenizer = load_gpt(path, device)
+            if model_tokenizer.chars != tokenizer.chars:
+                raise UserError(f"{path} has another vocabulary than sft={cfg.sft}")
+            results[name] = measure(model, tokenizer, sft, reward_model, pairs, qa, cfg)
+            log.info(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name][0].items()))
+
+    rows = [[COLUMNS[k][0], *(COLUMNS[k][1].format(f[k]) for f, _ in results.values())] for k in COLUMNS]
+    table = markdown_table(["on held-out questions", *results], rows)
+    examples = [
+        [pair.question, pair.answer, *(answers[i] for _, answers in results.values())]
+        for i, pair in enumerate(pairs[: cfg.examples])
+    ]
+    out = Path(cfg.output_dir)
+    report = (
+        f"# {len(pairs)} held-out questions, one answer each (temperature {cfg.temperature}, seed {cfg.seed})\n\n"
+        f"{table}\nExamples (… marks an answer that never stopped):\n\n"
+        + markdown_table(["question", "held-out answer", *results], examples)
+    )
+    (out / "eval.md").write_text(report, encoding="utf-8")
+    histories = {
+        name: read_checkpoint(path).get("ppo_history")
+        for name, path in (("PPO", cfg.ppo), ("PPO, over-optimised", cfg.overoptimised))
+        if path is not None
+    }
+    if histories:
+        plot_history({name: history for name, history in histories.items() if history}, out / "eval.png")
+    log.info(f"\n{report}\nwritten to {out / 'eval.md'}" + (f" and {out / 'eval.png'}" if histories else ""))
+    return table

@@ -1,0 +1,232 @@
+"""The jobs behind finetune.py: SFT, reward model and PPO, each from the checkpoint of the stage before."""
+
+import logging
+import random
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from gpt.checkpoint import load_model, read_checkpoint
+from gpt.data import CharDataModule
+from gpt.errors import UserError
+from gpt.model import GPT
+from gpt.qa import STOP, QAPair, Rater, extract_pairs, prompt_length
+from gpt.rlhf import join, length_mask, load_reward_model, pad_right, sample_answers
+from gpt.stages import PPOModule, RewardModule, SFTModule, pairwise_accuracy
+from gpt.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QAData:
+    train: list[QAPair]
+    heldout: list[QAPair]
+    rater: Rater  # its known words come from the training part of the text only
+
+
+def load_qa(cfg: DictConfig) -> QAData:
+    """The corpus's Q/A pairs, split like pre-training's text, and the rater."""
+    datamodule = CharDataModule(path=cfg.data.path, train_fraction=cfg.data.train_fraction)
+    datamodule.prepare_data()  # a missing file, or the download, fails here with a one-line error
+    datamodule.setup()  # and a file that is not UTF-8 here
+    text = datamodule.text_path.read_text(encoding="utf-8")
+    train, heldout = extract_pairs(text, cfg.data.train_fraction, cfg.qa.max_question_chars, cfg.qa.max_answer_chars)
+    if not train or not heldout:
+        raise UserError(
+            f"{datamodule.text_path} gives {len(train)} training and {len(heldout)} held-out question/answer "
+            "pairs: it needs speeches (a 'NAME:' line, lines, a blank line) in both parts"
+        )
+    return QAData(train, heldout, Rater.from_text(text[: int(cfg.data.train_fraction * len(text))]))
+
+
+def load_gpt(path, device="cpu") -> tuple[GPT, CharTokenizer]:
+    """A language model checkpoint (pre-trained, SFT or PPO) with a GPT in it: what the stages start from."""
+    if "model.head.weight" in read_checkpoint(path)["state_dict"]:
+        raise UserError(f"{path} is a reward model; give a language model (train.py, stage=sft or stage=ppo)")
+    model, tokenizer = load_model(path, device)
+    if not isinstance(model, GPT):
+        raise UserError(f"{path} holds a {type(model).__name__}; fine-tuning needs a GPT (model=tiny or larger)")
+    if STOP not in tokenizer.stoi:
+        raise UserError(f"{path}: its vocabulary has no newline, the stop character of answers")
+    return model, tokenizer
+
+
+def encode_documents(pairs: list[QAPair], tokenizer: CharTokenizer):
+    """Inputs, targets and answer mask (N, T) of the pairs' documents: targets after the prompt count."""
+    documents = pad_right([tokenizer.encode(pair.document) for pair in pairs])
+    lengths = torch.tensor([len(pair.document) for pair in pairs])
+    prompt_lengths = torch.tensor([len(pair.prompt) for pair in pairs])
+    width = documents.size(1) - 1
+    # Target j is document character j + 1: an answer character (or the stop) from the prompt's end on.
+    mask = length_mask(lengths - 1, width) & ~length_mask(prompt_lengths - 1, width)
+    return documents[:, :-1], documents[:, 1:], mask
+
+
+def sample_rated(model: GPT, tokenizer, pairs: list[QAPair], rater: Rater, samples=1, temperature=1.0, seed=0):
+    """``samples`` answers to each pair's question (rows i*samples .. i*samples+samples-1), with ratings."""
+    prompts = [tokenizer.encode(pair.prompt) for pair in pairs for _ in range(samples)]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    answers = sample_answers(model, prompts, tokenizer.stoi[STOP], temperature, generator)
+    texts = answers.texts(tokenizer)
+    return prompts, answers, texts, [rater.rate(t, s) for t, s in zip(texts, answers.stopped.tolist())]
+
+
+def ranked_pairs(scores: list[float], group_size: int) -> list[tuple[int, int]]:
+    """(better, worse) row pairs within each group of ``group_size`` answers to one question; ties dropped."""
+    pairs = []
+    for start in range(0, len(scores), group_size):
+        for i, j in combinations(range(start, start + group_size), 2):
+            if scores[i] != scores[j]:
+                pairs.append((i, j) if scores[i] > scores[j] else (j, i))
+    return pairs
+
+
+def comparisons(idx: torch.Tensor, ends: torch.Tensor, scores: list[float], group_size: int) -> TensorDataset:
+    """The rater's preferences among the answers ``idx[i, :ends[i]]``, as (chosen, its length, rejected, its
+    length) rows."""
+    pairs = ranked_pairs(scores, group_size)
+    if not pairs:
+        raise UserError("every sampled answer got the same rating: no pairs to learn from; sample more questions")
+    chosen, rejected = (torch.tensor(rows, device=idx.device) for rows in zip(*pairs))
+    return TensorDataset(idx[chosen], ends[chosen], idx[rejected], ends[rejected])
+
+
+COUNTS = ("batch_size", "questions", "eval_questions", "updates", "questions_per_update", "epochs", "minibatch_size")
+
+
+def check_config(cfg: DictConfig, block_size: int | None = None) -> None:
+    """Raise one UserError listing every setting that cannot work, before anything is trained."""
+    problems = []
+
+    def require(ok, message):
+        if not ok:
+            problems.append(message)
+
+    stage = cfg.stage
+    require(stage.name in STAGES, f"stage={stage.name} is not one of {sorted(STAGES)}")
+    require(cfg.init_from is not None, "init_from=... is required: the checkpoint this stage starts from")
+    require(stage.name != "ppo" or cfg.reward_model is not None, "stage=ppo needs reward_model=<stage=reward ckpt>")
+    require(0 < cfg.data.train_fraction < 1, f"data.train_fraction={cfg.data.train_fraction} must be in (0, 1)")
+    require(cfg.qa.max_question_chars >= 1 and cfg.qa.max_answer_chars >= 1, "qa.max_*_chars must be >= 1")
+    if block_size is not None:
+        longest = prompt_length(cfg.qa.max_question_chars) + cfg.qa.max_answer_chars + 1
+        require(
+            longest <= block_size,
+            f"a prompt of qa.max_question_chars={cfg.qa.max_question_chars}, an answer of qa.max_answer_chars="
+            f"{cfg.qa.max_answer_chars} and the stop make {longest} characters, more than the model's context "
+            f"{block_size}: shorten them",
+        )
+    for key in COUNTS:
+        if key in stage:
+            require(stage[key] >= 1, f"stage.{key}={stage[key]} must be >= 1")
+    if "samples_per_question" in stage:
+        require(stage.samples_per_question >= 2, "stage.samples_per_question must be >= 2 to rank answers")
+    if "temperature" in stage:
+        require(stage.temperature > 0, f"stage.temperature={stage.temperature} must be > 0")
+    require(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0")
+    if problems:
+        raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def finetune(cfg: DictConfig) -> str:
+    """Run the stage ``cfg.stage.name``; returns the path of the checkpoint it wrote."""
+    check_config(cfg)
+    policy, tokenizer = load_gpt(cfg.init_from)
+    check_config(cfg, policy.block_size)
+    logging.getLogger("lightning").handlers.clear()  # see gpt.training: otherwise every message shows twice
+    L.seed_everything(cfg.seed, workers=True)
+    qa = load_qa(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    model_cfg = read_checkpoint(cfg.init_from)["hyper_parameters"]["model"]
+
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    module = STAGES[cfg.stage.name](cfg, config, model_cfg, policy, tokenizer, qa, trainer)
+    path = Path(cfg.output_dir) / "checkpoints" / f"{cfg.stage.name}.ckpt"
+    trainer.save_checkpoint(path, weights_only=True)
+    log.info(f"{module.__class__.__name__} checkpoint {path}")
+    return str(path)
+
+
+def run_sft(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> SFTModule:
+    module = SFTModule(model_cfg, config["optim"], tokenizer.chars, run_config=config)
+    module.model.load_state_dict(policy.state_dict())
+    train = TensorDataset(*encode_documents(qa.train, tokenizer))
+    heldout = TensorDataset(*encode_documents(qa.heldout, tokenizer))
+    train_loader = DataLoader(train, batch_size=cfg.stage.batch_size, shuffle=True, drop_last=True)
+    heldout_loader = DataLoader(heldout, batch_size=len(heldout))
+    (before,) = trainer.validate(module, heldout_loader, verbose=False)
+    trainer.fit(module, train_loader, heldout_loader)
+    (after,) = trainer.validate(module, heldout_loader, verbose=False)
+    log.info(
+        f"held-out answer loss ({len(heldout)} pairs): {before['val/answer_loss']:.4f} before SFT, "
+        f"{after['val/answer_loss']:.4f} after"
+    )
+    return module
+
+
+def run_reward(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> RewardModule:
+    stage, rng = cfg.stage, random.Random(cfg.seed)
+    datasets = []
+    for name, pairs, n in (("train", qa.train, stage.questions), ("held-out", qa.heldout, stage.eval_questions)):
+        questions = rng.sample(pairs, min(n, len(pairs)))
+        prompts, answers, _, ratings = sample_rated(
+            policy, tokenizer, questions, qa.rater, stage.samples_per_question, stage.temperature, cfg.seed
+        )
+        idx, prompt_lengths = join(prompts, answers)
+        ends = prompt_lengths + answers.lengths
+        scores = [rating.total for rating in ratings]
+        datasets.append((comparisons(idx, ends, scores, stage.samples_per_question), idx, ends))
+        log.info(
+            f"{name}: {len(datasets[-1][0])} ranked pairs from {len(questions)} questions x "
+            f"{stage.samples_per_question} SFT answers (mean rater score {sum(scores) / len(scores):.3f})"
+        )
+    (train, train_answers, train_ends), (heldout, _, _) = datasets
+
+    module = RewardModule(model_cfg, config["optim"], tokenizer.chars, run_config=config)
+    module.model.backbone.load_state_dict(policy.state_dict())
+    train_loader = DataLoader(train, batch_size=stage.batch_size, shuffle=True, drop_last=True)
+    heldout_loader = DataLoader(heldout, batch_size=len(heldout))
+    trainer.fit(module, train_loader, heldout_loader)
+    module.normalise(train_answers, train_ends)
+    with torch.no_grad():
+        module.eval()
+        chosen, rejected = module.scores(heldout.tensors)
+    log.info(f"held-out pairwise accuracy {pairwise_accuracy(chosen, rejected):.3f} ({len(heldout)} pairs)")
+    return module
+
+
+def run_ppo(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> PPOModule:
+    stage = cfg.stage
+    reward_model = load_reward_model(cfg.reward_model)
+    reward_vocab = read_checkpoint(cfg.reward_model)["hyper_parameters"]["vocab"]
+    if reward_vocab != tokenizer.chars:
+        raise UserError(f"{cfg.reward_model} was trained on another vocabulary than {cfg.init_from}")
+    rng = random.Random(cfg.seed)
+    questions = rng.choices(qa.train, k=stage.updates * stage.questions_per_update)
+    prompts = [tokenizer.encode(pair.prompt) for pair in questions]
+    loader = DataLoader(prompts, batch_size=stage.questions_per_update, collate_fn=list)
+    ppo = {**config["stage"], "seed": cfg.seed}
+    module = PPOModule(
+        model_cfg, config["optim"], tokenizer.chars, ppo, reward_model, qa.rater, policy.state_dict(), run_config=config
+    )
+    trainer.fit(module, loader)
+    for figures in (module.history[0], module.history[-1]):
+        log.info(
+            "update {update}: reward model {rm_score:+.3f}, rater {rater_score:.3f}, KL {kl:.2f}, "
+            "stop rate {stop_rate:.2f}, distinct {distinct:.2f}".format(**figures)
+        )
+    return module
+
+
+STAGES = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo}

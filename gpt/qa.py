@@ -1,0 +1,133 @@
+"""Question/answer documents cut from the play text itself, and the rater that stands in for human raters.
+
+A pair is (the end of one speech, the start of the next speaker's reply), written as the document
+``Q: <question>\\nA: <answer>\\n``: the question on top, the answer below, and the newline after the answer as
+the stop character. Pairs are cut at word boundaries to fit the model's context.
+"""
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from itertools import pairwise
+
+STOP = "\n"
+MIN_COUNT = 2  # a word is "known" when it occurs at least this often in the training text
+GOOD_LENGTH = (2, 8)  # answers of 2 to 8 words score the length component
+SENTENCE_ENDS = (".", "!", "?")
+
+
+@dataclass(frozen=True)
+class QAPair:
+    question: str
+    answer: str
+
+    @property
+    def prompt(self) -> str:
+        """What the model is given: the question, then the answer's tag. The answer follows it."""
+        return f"Q: {self.question}\nA: "
+
+    @property
+    def document(self) -> str:
+        return self.prompt + self.answer + STOP
+
+
+def prompt_length(max_question_chars: int) -> int:
+    """The longest prompt a question of ``max_question_chars`` makes."""
+    return len(QAPair("x" * max_question_chars, "").prompt)
+
+
+def _last_words(words: list[str], max_chars: int) -> str:
+    taken = []
+    for word in reversed(words):
+        if len(" ".join([word, *taken])) > max_chars:
+            break
+        taken.insert(0, word)
+    return " ".join(taken)
+
+
+def _first_words(words: list[str], max_chars: int) -> str:
+    """The reply's first words, up to ``max_chars``; cut after the last sentence end among them, if any."""
+    taken = []
+    for word in words:
+        if len(" ".join([*taken, word])) > max_chars:
+            break
+        taken.append(word)
+    sentence_ends = [i for i, word in enumerate(taken) if word.endswith(SENTENCE_ENDS)]
+    return " ".join(taken[: sentence_ends[-1] + 1] if sentence_ends else taken)
+
+
+def _speeches(text: str):
+    """(start offset, end offset, speaker, words) of each speech: a "NAME:" line, then its lines, then a blank."""
+    offset = 0
+    for block in text.split("\n\n"):
+        start, offset = offset, offset + len(block) + 2
+        lines = block.strip("\n").split("\n")
+        if len(lines) >= 2 and lines[0].endswith(":"):
+            yield start, start + len(block), lines[0][:-1], " ".join(lines[1:]).split()
+
+
+def extract_pairs(text: str, train_fraction: float, max_question_chars: int, max_answer_chars: int):
+    """(train pairs, held-out pairs) from consecutive speeches with a change of speaker.
+
+    Pairs that end in the first ``train_fraction`` of the text train; pairs that start after it are held
+    out (pre-training never saw that text either); a pair across the boundary is dropped.
+    """
+    split = int(train_fraction * len(text))
+    train, heldout = [], []
+    for (start, _, speaker, words), (_, end, next_speaker, next_words) in pairwise(_speeches(text)):
+        if speaker == next_speaker:
+            continue
+        pair = QAPair(_last_words(words, max_question_chars), _first_words(next_words, max_answer_chars))
+        if not pair.question or not pair.answer:
+            continue
+        if end <= split:
+            train.append(pair)
+        elif start >= split:
+            heldout.append(pair)
+    return train, heldout
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words: letters with inner apostrophes ("'tis" and "o'er" count as words, quotes do not)."""
+    return [w.strip("'") for w in re.findall(r"[a-z']+", text.lower()) if w.strip("'")]
+
+
+@dataclass(frozen=True)
+class Rating:
+    """The rater's components, each in [0, 1], and their total (0 for an empty answer or one that never stops)."""
+
+    known_words: float  # share of the words that occur at least twice in the training text
+    sentence_end: float  # 1 if the answer ends with . ! or ?
+    good_length: float  # 1 if the answer has 2 to 8 words
+    repetition: float  # share of the words that repeat an earlier word of the answer (a penalty)
+    total: float
+
+    COMPONENTS = ("known_words", "sentence_end", "good_length", "repetition")
+
+
+class Rater:
+    """A deterministic "well-formed reply" score of an answer, standing in for people who rank answers.
+
+    total = max(0, (known_words + sentence_end + good_length) / 3 - repetition), and 0 for an answer with no
+    words or one that never emitted the stop character. It ignores the question, so one stock reply could
+    maximise it for every question: whoever optimises against it must watch answer diversity too.
+    """
+
+    def __init__(self, known_words: set[str]):
+        self.known_words = known_words
+
+    @classmethod
+    def from_text(cls, text: str) -> "Rater":
+        counts = Counter(words_of(text))
+        return cls({word for word, count in counts.items() if count >= MIN_COUNT})
+
+    def rate(self, answer: str, stopped: bool = True) -> Rating:
+        words = words_of(answer)
+        if not stopped or not words:
+            return Rating(0.0, 0.0, 0.0, 0.0, 0.0)
+        known = sum(word in self.known_words for word in words) / len(words)
+        sentence_end = float(answer.rstrip().endswith(SENTENCE_ENDS))
+        good_length = float(GOOD_LENGTH[0] <= len(words) <= GOOD_LENGTH[1])
+        repetition = 1 - len(set(words)) / len(words)
+        total = max(0.0, (known + sentence_end + good_length) / 3 - repetition)
+        return Rating(known, sentence_end, good_length, repetition, total)

@@ -1,0 +1,210 @@
+"""The pieces of fine-tuning that are plain PyTorch: masks, losses, GAE, sampling answers, the reward model.
+
+Every mask here is built from lengths (of the prompt, of the answer), never by searching for the stop
+character: the prompt holds newlines too. A batch of sequences of different lengths is padded on the right,
+which changes nothing before the padding in a causal model.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gpt.checkpoint import read_checkpoint
+from gpt.errors import UserError
+from gpt.model import GPT, build_model
+
+
+def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, width) booleans: True in the first ``lengths[i]`` places of row i."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def pad_right(rows: list[list[int]]) -> torch.Tensor:
+    """Token lists of different lengths as one (N, longest) tensor, padded with token 0 (masks ignore it)."""
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [0] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+def answer_positions(prompt_lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, width) indices of the positions whose outputs predict answer tokens 0..width-1 (or score them):
+    answer token t of row i sits at ``prompt_lengths[i] + t`` and is predicted at the position before it."""
+    return prompt_lengths[:, None] - 1 + torch.arange(width, device=prompt_lengths.device)[None, :]
+
+
+def at_answer(per_position: torch.Tensor, prompt_lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Pick the answer's predicting positions out of (N, T, ...) per-position outputs: (N, width, ...)."""
+    positions = answer_positions(prompt_lengths, width).clamp(max=per_position.size(1) - 1)
+    index = positions.view(*positions.shape, *[1] * (per_position.dim() - 2))
+    return per_position.gather(1, index.expand(-1, -1, *per_position.shape[2:]))
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) under ``softmax(logits / temperature)``, in fp32: sampling's distribution (no top-k)."""
+    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def kl_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(p || q) of the next-token distributions at each position (summed over the vocabulary), in fp32.
+
+    Summed over an answer's positions, along answers sampled from p, it estimates the KL of whole answers.
+    """
+    logp = F.log_softmax(logits_p.float() / temperature, dim=-1)
+    logq = F.log_softmax(logits_q.float() / temperature, dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp(min=0)  # clamp: rounding only, KL is never negative
+
+
+def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def answer_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the answer characters only: ``mask`` is True where a target is an answer
+    character (or the stop), so the question's characters add nothing to the loss or its gradient."""
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return masked_mean(losses.view(targets.shape), mask)
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected): the likelihood that the preferred answer wins under Bradley-Terry."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def gae(rewards, values, mask, gamma: float, lam: float):
+    """Generalised advantage estimates and returns, (N, T) each, for answers that end where ``mask`` ends.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 after the last token); A_t = delta_t + gamma * lam * A_{t+1}.
+    """
+    mask = mask.float()
+    advantages = torch.zeros_like(rewards)
+    next_value = next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mean = masked_mean(values, mask)
+    std = masked_mean((values - mean) ** 2, mask).sqrt()
+    return (values - mean) / (std + 1e-8) * mask
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip: float):
+    """The clipped surrogate: -min(ratio * A, clip(ratio, 1 - clip, 1 + clip) * A); and the share clipped."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def ppo_value_loss(values, old_values, returns, mask, clip: float):
+    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped kept within ``clip`` of the rollout's value."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+@dataclass
+class Answers:
+    """Sampled answers: ``tokens`` (N, width), padded after each answer's ``lengths`` (stop included)."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    stopped: torch.Tensor
+
+    def texts(self, tokenizer) -> list[str]:
+        """The answers without their stop character."""
+        return [
+            tokenizer.decode(row[: n - int(stop)].tolist())
+            for row, n, stop in zip(self.tokens, self.lengths.tolist(), self.stopped.tolist())
+        ]
+
+
+@torch.no_grad()
+def sample_answers(model: GPT, prompts: list[list[int]], stop_id: int, temperature=1.0, generator=None) -> Answers:
+    """Sample one answer per prompt with the KV cache, stopping each at its first ``stop_id``.
+
+    An answer may fill the context: one that has not stopped when prompt + answer reach ``block_size`` never
+    stops. ``generate`` needs rows of one length, so prompts are batched by length (the K samples of one
+    question are one batch). Only generated tokens are searched for the stop; a batch ends once all its rows
+    stopped.
+    """
+    device = next(model.parameters()).device
+    width = model.block_size - min(len(prompt) for prompt in prompts)
+    tokens = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    lengths = torch.zeros(len(prompts), dtype=torch.long, device=device)
+    stopped = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    for prompt_length, rows in by_length.items():
+        rows = torch.tensor(rows, device=device)
+        idx = torch.tensor([prompts[i] for i in rows.tolist()], device=device)
+        lengths[rows] = model.block_size - prompt_length  # unless a stop comes first
+        stream = model.generate_stream(idx, model.block_size - prompt_length, temperature, generator=generator)
+        for t, token in enumerate(stream):
+            tokens[rows, t] = token[:, 0]
+            newly = ~stopped[rows] & (token[:, 0] == stop_id)
+            lengths[rows[newly]] = t + 1
+            stopped[rows] |= newly
+            if stopped[rows].all():
+                break
+    return Answers(tokens, lengths, stopped)
+
+
+def join(prompts: list[list[int]], answers: Answers):
+    """(prompt + answer) sequences padded on the right, with the prompt lengths: what the models score."""
+    rows = [p + a[:n] for p, a, n in zip(prompts, answers.tokens.tolist(), answers.lengths.tolist())]
+    device = answers.tokens.device
+    return pad_right(rows).to(device), torch.tensor([len(p) for p in prompts], device=device)
+
+
+class RewardModel(nn.Module):
+    """A GPT backbone and a scalar head: a score at every position; an answer's reward is read at its last
+    character (the stop, when it stopped). Scores are normalised by ``mean`` and ``std`` (set after training
+    to those of the SFT model's answers), so the policy's reward starts near 0 with unit spread.
+    """
+
+    def __init__(self, backbone: GPT):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.lm_head.in_features, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("mean", torch.tensor(0.0))
+        self.register_buffer("std", torch.tensor(1.0))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Normalised scores (N, T) at every position."""
+        return (self.head(self.backbone.features(idx)).squeeze(-1) - self.mean) / self.std
+
+    def score(self, idx: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        """The score of each row's sequence ``idx[i, :end[i]]``, read at its last position."""
+        return self(idx).gather(1, (end - 1)[:, None]).squeeze(1)
+
+    def value_model(self) -> "RewardModel":
+        """A trainable copy: PPO's value function starts from the reward model (values in reward units)."""
+        return copy.deepcopy(self).train().requires_grad_(True)
+
+
+def load_reward_model(path, device="cpu") -> RewardModel:
+    """Rebuild a frozen reward model (eval mode) from a checkpoint written by ``finetune.py stage=reward``."""
+    checkpoint = read_checkpoint(path)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}  # RewardModule.model
+    if "head.weight" not in state:
+        raise UserError(f"{path} is not a reward model: train one with `python finetune.py stage=reward`")
+    hparams = checkpoint["hyper_parameters"]
+    reward_model = RewardModel(build_model(vocab_size=len(hparams["vocab"]), **hparams["model"]))
+    reward_model.load_state_dict(state)
+    return reward_model.to(device).eval().requires_grad_(False)

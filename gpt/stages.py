@@ -1,0 +1,255 @@
+"""The LightningModules of the three stages after pre-training: SFT, reward model, PPO.
+
+Each extends ``GPTModule``, so its checkpoint has the same model config, vocabulary and run config; the SFT
+and PPO checkpoints hold only the language model's weights (under ``model.``) and load with
+``gpt.checkpoint.load_model`` like a pre-trained one.
+"""
+
+import copy
+from pathlib import Path
+
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from gpt.lightning_module import GPTModule
+from gpt.qa import STOP, Rater, Rating
+from gpt.rlhf import (
+    RewardModel,
+    answer_loss,
+    at_answer,
+    bradley_terry_loss,
+    entropy,
+    gae,
+    join,
+    kl_divergence,
+    length_mask,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_value_loss,
+    sample_answers,
+    token_logprobs,
+    whiten,
+)
+
+
+class SFTModule(GPTModule):
+    """Supervised fine-tuning on Q/A documents: the loss counts the answer's characters (and stop) only.
+
+    Batches are (inputs, targets, answer mask), see ``gpt.finetuning.encode_documents``.
+    """
+
+    def training_step(self, batch, batch_idx):
+        x, y, mask = batch
+        loss = answer_loss(self.model(x)[0], y, mask)
+        self.log("train/answer_loss", loss, prog_bar=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, mask = batch  # one batch: all held-out documents, so the logged value is their exact mean
+        self.log("val/answer_loss", answer_loss(self.model(x)[0], y, mask), prog_bar=True)
+
+
+def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """The share of pairs the scores rank like the rater (a tie counts as wrong)."""
+    return (chosen > rejected).float().mean()
+
+
+class RewardModule(GPTModule):
+    """A reward model (GPT backbone + scalar head) trained with the Bradley-Terry loss on ranked pairs.
+
+    Batches are (chosen sequences, their lengths, rejected sequences, their lengths).
+    """
+
+    def __init__(self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None):
+        super().__init__(model, optim, vocab, run_config)
+        self.model = RewardModel(self.model)
+
+    def scores(self, batch):
+        """The scores of the chosen and of the rejected sequences of a batch of pairs."""
+        chosen, chosen_end, rejected, rejected_end = batch
+        return self.model.score(chosen, chosen_end), self.model.score(rejected, rejected_end)
+
+    def training_step(self, batch, batch_idx):
+        chosen, rejected = self.scores(batch)
+        loss = bradley_terry_loss(chosen, rejected)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/accuracy", pairwise_accuracy(chosen, rejected))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        chosen, rejected = self.scores(batch)  # one batch: all held-out pairs
+        self.log("val/loss", bradley_terry_loss(chosen, rejected))
+        self.log("val/accuracy", pairwise_accuracy(chosen, rejected), prog_bar=True)
+
+    @torch.no_grad()
+    def normalise(self, sequences: torch.Tensor, ends: torch.Tensor) -> None:
+        """Set the score's mean and spread to those of these answers (the SFT model's), so PPO's reward is
+        centred with unit spread whatever scale the Bradley-Terry loss left the head at."""
+        self.model.mean.zero_()
+        self.model.std.fill_(1.0)
+        scores = self.model.eval().score(sequences.to(self.device), ends.to(self.device))
+        self.model.mean.copy_(scores.mean())
+        self.model.std.copy_(scores.std().clamp(min=1e-6))
+
+
+class PPOModule(GPTModule):
+    """PPO on a policy initialised from SFT (``self.model``), against a frozen reward model and a frozen copy
+    of the SFT model (the reference of the KL penalty); the value function starts as a copy of the reward model.
+
+    Each training batch is a list of prompts (token lists) and makes one PPO update: sample an answer per
+    prompt, score it, then ``ppo.epochs`` passes of clipped-objective minibatch steps (manual optimization).
+    """
+
+    def __init__(
+        self,
+        model,
+        optim,
+        vocab,
+        ppo: dict,
+        reward_model: RewardModel,
+        rater: Rater,
+        init_state: dict,
+        run_config: dict | None = None,
+    ):
+        super().__init__(model, optim, vocab, run_config)
+        self.save_hyperparameters("model", "optim", "vocab", "ppo", logger=False)
+        self.automatic_optimization = False
+        self.model.load_state_dict(init_state)
+        self.reference = copy.deepcopy(self.model).requires_grad_(False)
+        self.reward_model = reward_model.requires_grad_(False)
+        self.value_model = reward_model.value_model()
+        self.rater = rater
+        self.stop_id = self.tokenizer.stoi[STOP]
+        self.history: list[dict] = []  # the logged figures of each update, kept in the checkpoint for plots
+        self.generator = torch.Generator()
+        self.eval()  # Lightning keeps the modes modules start fit with (it warns that they are in eval mode)
+
+    def train(self, mode: bool = True):
+        # Every network stays in eval mode (no dropout): the probability ratio to the rollout and the KL to the
+        # reference must compare deterministic functions, and the frozen models must never train.
+        return super().train(False)
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optim  # a constant learning rate: PPO's run is a handful of updates
+        params = [*self.model.parameters(), *self.value_model.parameters()]
+        return torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+
+    def on_train_start(self):
+        self.generator = torch.Generator(self.device).manual_seed(self.hparams.ppo["seed"])
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[int]]) -> dict:
+        """Sample answers and compute everything the update needs: log-probs, values, rewards, advantages."""
+        cfg = self.hparams.ppo
+        temperature = cfg["temperature"]
+        answers = sample_answers(self.model, prompts, self.stop_id, temperature, self.generator)
+        idx, prompt_lengths = join(prompts, answers)
+        tokens, width = answers.tokens, answers.tokens.size(1)
+        mask = length_mask(answers.lengths, width)
+        logits = at_answer(self.model(idx)[0], prompt_lengths, width)
+        reference_logits = at_answer(self.reference(idx)[0], prompt_lengths, width)
+        logprobs = token_logprobs(logits, tokens, temperature)
+        reference_logprobs = token_logprobs(reference_logits, tokens, temperature)
+        values = at_answer(self.value_model(idx), prompt_lengths, width)
+
+        scores = self.reward_model.score(idx, prompt_lengths + answers.lengths)
+        final_reward = torch.where(answers.stopped, scores, torch.full_like(scores, cfg["missing_stop_reward"]))
+        rewards = -cfg["kl_coef"] * (logprobs - reference_logprobs) * mask  # the per-character KL penalty
+        rewards[torch.arange(len(prompts), device=self.device), answers.lengths - 1] += final_reward
+        advantages, returns = gae(rewards, values, mask, cfg["gamma"], cfg["lam"])
+
+        texts = answers.texts(self.tokenizer)
+        ratings = [self.rater.rate(text, stop) for text, stop in zip(texts, answers.stopped.tolist())]
+        stats = {
+            "rm_score": scores.mean(),
+            "rater_score": sum(r.total for r in ratings) / len(ratings),
+            **{f"rater_{c}": sum(getattr(r, c) for r in ratings) / len(ratings) for c in Rating.COMPONENTS},
+            "kl": (kl_divergence(logits, reference_logits, temperature) * mask).sum(1).mean(),
+            "entropy": masked_mean(entropy(logits, temperature), mask),
+            "stop_rate": answers.stopped.float().mean(),
+            "distinct": len(set(texts)) / len(texts),
+            "answer_chars": (answers.lengths - answers.stopped.long()).float().mean(),
+        }
+        examples = [
+            (self.tokenizer.decode(p), text, score, rating.total)
+            for p, text, score, rating in zip(prompts, texts, scores.tolist(), ratings)
+        ]
+        return {
+            "idx": idx,
+            "prompt_lengths": prompt_lengths,
+            "tokens": tokens,
+            "mask": mask,
+            "logprobs": logprobs,
+            "values": values,
+            "advantages": whiten(advantages, mask),
+            "returns": returns,
+            "stats": stats,
+            "examples": examples,
+        }
+
+    def losses(self, rollout: dict, rows: torch.Tensor):
+        """The clipped policy and value losses of a minibatch of the rollout's answers."""
+        cfg = self.hparams.ppo
+        idx, prompt_lengths, mask = rollout["idx"][rows], rollout["prompt_lengths"][rows], rollout["mask"][rows]
+        width = mask.size(1)
+        logits = at_answer(self.model(idx)[0], prompt_lengths, width)
+        logprobs = token_logprobs(logits, rollout["tokens"][rows], cfg["temperature"])
+        policy_loss, clip_fraction = ppo_policy_loss(
+            logprobs, rollout["logprobs"][rows], rollout["advantages"][rows], mask, cfg["clip"]
+        )
+        values = at_answer(self.value_model(idx), prompt_lengths, width)
+        value_loss = ppo_value_loss(values, rollout["values"][rows], rollout["returns"][rows], mask, cfg["value_clip"])
+        return policy_loss, value_loss, clip_fraction
+
+    def training_step(self, prompts, batch_idx):
+        cfg = self.hparams.ppo
+        rollout = self.rollout(prompts)
+        optimizer = self.optimizers()
+        totals = torch.zeros(4)  # policy loss, value loss, clip fraction, minibatches
+        for _ in range(cfg["epochs"]):
+            order = torch.randperm(len(prompts), generator=self.generator, device=self.device)
+            for rows in order.split(cfg["minibatch_size"]):
+                policy_loss, value_loss, clip_fraction = self.losses(rollout, rows)
+                optimizer.zero_grad()
+                self.manual_backward(policy_loss + cfg["value_coef"] * value_loss)
+                self.clip_gradients(optimizer, gradient_clip_val=cfg["max_grad_norm"], gradient_clip_algorithm="norm")
+                optimizer.step()
+                totals += torch.tensor([policy_loss.item(), value_loss.item(), clip_fraction.item(), 1.0])
+        policy_loss, value_loss, clip_fraction = (totals[:3] / totals[3]).tolist()
+        figures = {
+            "update": batch_idx + 1,
+            **{k: float(v) for k, v in rollout["stats"].items()},
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "clip_fraction": clip_fraction,
+        }
+        self.history.append(figures)
+        self.log_dict({f"ppo/{k}": float(v) for k, v in figures.items()}, prog_bar=False)
+        self.log_examples(figures["update"], rollout["examples"][: cfg["examples_per_update"]])
+
+    def log_examples(self, update: int, examples: list[tuple]) -> None:
+        """A table of sampled answers per update: in ``ppo_samples.md`` in the run folder, and in W&B."""
+        if not self.trainer.is_global_zero:
+            return
+        rows = [[q.replace("\n", " ").strip(), a or "(empty)", f"{s:+.2f}", f"{r:.2f}"] for q, a, s, r in examples]
+        table = markdown_table(["prompt", "answer", "reward model", "rater"], rows)
+        with open(Path(self.trainer.default_root_dir) / "ppo_samples.md", "a", encoding="utf-8") as f:
+            f.write(f"\n## update {update}\n\n{table}")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                columns = ["update", "prompt", "answer", "reward model", "rater"]
+                logger.log_text(key="ppo/samples", columns=columns, data=[[update, *row] for row in rows])
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        # Only the policy: the checkpoint is a language model that sample.py and load_model read.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        checkpoint["ppo_history"] = self.history
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def cells(row):
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |"
+
+    return "\n".join([cells(header), cells(["---"] * len(header)), *map(cells, rows)]) + "\n"

@@ -1,0 +1,121 @@
+"""Experiment tracking around the training job: W&B runs, each run's result file, the summary of a sweep.
+
+Imported by Hydra for its callbacks in every train.py process, so it loads Lightning and W&B only when used.
+"""
+
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+from hydra.utils import get_class, instantiate
+
+from gpt.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.yaml"  # in each run folder: what the run achieved, read by SweepSummary
+SUMMARY_FILE = "summary.md"  # in each sweep folder
+
+
+def instantiate_loggers(logger_cfg, ckpt_path=None) -> list:
+    """The loggers of ``cfg.logger``. Resuming from a checkpoint of a W&B run continues that W&B run."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from gpt.callbacks import WANDB_RUN_ID
+    from gpt.checkpoint import read_checkpoint
+
+    loggers = []
+    for cfg in (logger_cfg or {}).values():
+        resume = {}
+        if issubclass(get_class(cfg._target_), WandbLogger):
+            check_wandb_login(cfg.get("mode"))
+            if ckpt_path and (run_id := read_checkpoint(ckpt_path).get(WANDB_RUN_ID)):
+                resume = {"id": run_id}  # WandbLogger asks wandb.init for resume="allow"
+        loggers.append(instantiate(cfg, **resume))
+    return loggers
+
+
+def check_wandb_login(mode) -> None:
+    """Online W&B without credentials would prompt for them in a terminal: stop with a message instead."""
+    import wandb
+
+    if mode == "online" and not wandb.login(prompt=False, verify=False):  # no prompt, no network
+        raise UserError(
+            "logger.wandb.mode=online needs a W&B login: run `wandb login` or set WANDB_API_KEY, or train "
+            "offline (the default) and upload with `wandb sync` later"
+        )
+
+
+@contextmanager
+def wandb_run_finished():
+    """Finish the W&B run when the block ends, as failed if it raised.
+
+    W&B keeps one run per process: without this, every job of a multirun after the first would log into
+    the first job's run.
+    """
+    try:
+        yield
+    except BaseException:
+        _finish_wandb(exit_code=1)
+        raise
+    _finish_wandb(exit_code=0)
+
+
+def _finish_wandb(exit_code: int) -> None:
+    if "wandb" in sys.modules:  # imported only by a W&B logger: nothing to finish otherwise
+        sys.modules["wandb"].finish(exit_code=exit_code)
+
+
+def write_result(run_dir, **result) -> Path:
+    """Write ``result`` (plain values) to the run folder's result file."""
+    path = Path(run_dir) / RESULT_FILE
+    path.write_text(yaml.safe_dump(result, sort_keys=False))
+    return path
+
+
+def _quoted(overrides) -> str:
+    return " ".join(f"`{override}`" for override in overrides)
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun, a Markdown table of the jobs, best val loss first, in the sweep folder.
+
+    Each job's overrides come from its ``.hydra/overrides.yaml`` and its result from its result file, so
+    the table is the same whichever launcher ran the jobs. A job without a result (it failed) is listed last.
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        # Hydra creates the sweep folder when it launches the first job, but the Optuna sweeper opens its
+        # SQLite file (hparams_search/) in that folder before.
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = []
+        for overrides_file in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
+            job_dir = overrides_file.parent.parent
+            result_file = job_dir / RESULT_FILE
+            result = yaml.safe_load(result_file.read_text()) if result_file.is_file() else {}
+            overrides = yaml.safe_load(overrides_file.read_text()) or []
+            jobs.append((job_dir.relative_to(sweep_dir), overrides, result.get("best_val_loss")))
+        if not jobs:
+            return
+        common = set.intersection(*(set(overrides) for _, overrides, _ in jobs))
+        jobs.sort(key=lambda job: (job[2] is None, job[2] or 0.0))
+        lines = [
+            f"# {sweep_dir}: {len(jobs)} jobs, best first",
+            "",
+            f"Common to all jobs: {_quoted(sorted(common))}" if common else "No override common to all jobs.",
+            "",
+            "| rank | job | overrides | best val loss |",
+            "| --- | --- | --- | --- |",
+        ]
+        for rank, (job, overrides, loss) in enumerate(jobs, 1):
+            varied = _quoted(o for o in overrides if o not in common)
+            lines.append(f"| {rank} | {job} | {varied} | {'failed' if loss is None else f'{loss:.4f}'} |")
+        path = sweep_dir / SUMMARY_FILE
+        path.write_text("\n".join(lines) + "\n")
+        log.info(f"sweep summary {path}:\n" + "\n".join(lines[4:]))

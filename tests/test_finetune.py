@@ -1,0 +1,139 @@
+"""The three stages of finetune.py and evaluate.py end to end (quick mode): a tiny GPT on the synthetic corpus."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from gpt.checkpoint import load_model, read_checkpoint
+from gpt.data import CharDataModule
+from gpt.errors import UserError
+from gpt.evaluation import evaluate
+from gpt.finetuning import encode_documents, finetune, load_qa
+from gpt.lightning_module import GPTModule
+from gpt.rlhf import answer_loss, load_reward_model
+
+from .conftest import ROOT, make_corpus, run_script
+
+MODEL = {"arch": "gpt", "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "bias": False}
+OPTIM = {"lr": 1e-2, "weight_decay": 0.1, "betas": [0.9, 0.99], "warmup_steps": 5, "decay_steps": 60, "min_lr": 1e-3}
+QA = ["qa.max_question_chars=8", "qa.max_answer_chars=12"]
+TRAINER = ["trainer.accelerator=cpu", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+STAGES = {
+    "sft": ["trainer.max_steps=20", "trainer.val_check_interval=10", "stage.batch_size=16"],
+    "reward": [
+        "stage.questions=40",
+        "stage.eval_questions=20",
+        "stage.samples_per_question=3",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+    ],
+    "ppo": ["stage.updates=3", "stage.questions_per_update=8", "stage.epochs=1", "stage.minibatch_size=4"],
+}
+
+
+def config(name, *overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=[*QA, *(TRAINER if name == "finetune" else []), *overrides])
+
+
+@pytest.fixture(scope="module")
+def qa_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qa") / "corpus.txt"
+    path.write_text("QUEEN:\nwhat light.\n\n" + make_corpus(1000), encoding="utf-8")  # "Q" joins the vocabulary
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(qa_corpus, tmp_path_factory):
+    """A tiny GPT pre-trained for 60 steps: it has seen the corpus's words, not the Q/A format."""
+    datamodule = CharDataModule(path=str(qa_corpus), block_size=32, batch_size=16, eval_chunks=16)
+    datamodule.setup()
+    module = GPTModule(MODEL, OPTIM, datamodule.tokenizer.chars)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=60,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    path = tmp_path_factory.mktemp("pretrained") / "pretrained.ckpt"
+    trainer.save_checkpoint(path, weights_only=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(qa_corpus, pretrained, tmp_path_factory):
+    """SFT, reward model and PPO in turn, each from the previous stage's checkpoint."""
+    data = f"data.path={qa_corpus}"
+
+    def run(stage, *args):
+        output_dir = f"output_dir={tmp_path_factory.mktemp(stage)}"
+        return finetune(config("finetune", f"stage={stage}", data, output_dir, *STAGES[stage], *args))
+
+    sft = run("sft", f"init_from={pretrained}")
+    reward = run("reward", f"init_from={sft}")
+    ppo = run("ppo", f"init_from={sft}", f"reward_model={reward}")
+    return {"pretrained": pretrained, "sft": sft, "reward_model": reward, "ppo": ppo, "data": data}
+
+
+def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipeline):
+    qa = load_qa(config("finetune", pipeline["data"]))
+    losses = {}
+    for stage in ("pretrained", "sft"):
+        model, tokenizer = load_model(pipeline[stage])
+        x, y, mask = encode_documents(qa.heldout, tokenizer)
+        with torch.no_grad():
+            losses[stage] = answer_loss(model(x)[0], y, mask).item()
+    assert losses["sft"] < losses["pretrained"] - 0.3, losses
+
+
+def test_reward_model_is_normalised_and_ppo_writes_a_policy_that_samples(pipeline):
+    reward_model = load_reward_model(pipeline["reward_model"])
+    assert not reward_model.training and reward_model.std > 0 and reward_model.mean != 0
+    policy, _ = load_model(pipeline["ppo"])  # what sample.py does
+    sft, _ = load_model(pipeline["sft"])
+    assert any(not torch.equal(w, sft.state_dict()[k]) for k, w in policy.state_dict().items())
+    history = read_checkpoint(pipeline["ppo"])["ppo_history"]
+    assert [h["update"] for h in history] == [1, 2, 3] and history[0]["kl"] == 0.0
+    samples = (Path(pipeline["ppo"]).parents[1] / "ppo_samples.md").read_text()
+    assert samples.count("| prompt | answer | reward model | rater |") == 3 and "## update 3" in samples
+
+
+def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
+    paths = [f"{key}={pipeline[key]}" for key in ("pretrained", "sft", "ppo", "reward_model")]
+    table = evaluate(config("evaluate", pipeline["data"], *paths, f"output_dir={tmp_path}", "questions=20"))
+    header, _, *rows = table.splitlines()
+    assert header == "| on held-out questions | pre-trained | SFT | PPO |"
+    figures = {row.split(" | ")[0].strip("| "): row.split(" | ")[1:] for row in rows}
+    assert figures["KL to SFT (nats/answer)"][1] == "0.00"  # the SFT model against itself
+    assert {"rater score", "sentence end", "reward-model score", "stop rate", "distinct answers"} <= figures.keys()
+    assert (tmp_path / "eval.png").stat().st_size > 10_000
+    assert "| question | held-out answer | pre-trained | SFT | PPO |" in (tmp_path / "eval.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["stage=ppo", "init_from={sft}"], "stage=ppo needs reward_model="),
+        (["stage=sft", "init_from={reward_model}"], "is a reward model"),
+        (["stage=sft", "init_from={pretrained}", "qa.max_answer_chars=30"], "more than the model's context 32"),
+        (["stage=reward", "init_from={sft}", "stage.samples_per_question=1"], "samples_per_question must be >= 2"),
+        (["stage=sft", "init_from=missing.ckpt"], "checkpoint missing.ckpt not found"),
+    ],
+)
+def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message):
+    overrides = [o.format(**pipeline) for o in overrides]
+    with pytest.raises(UserError, match=message):
+        finetune(config("finetune", pipeline["data"], f"output_dir={tmp_path}", *overrides))
+
+
+def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
+    result = run_script("finetune.py", "stage=ppo", "init_from=sft.ckpt", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: invalid config:\n  - stage=ppo needs reward_model=<stage=reward ckpt>"

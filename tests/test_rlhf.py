@@ -1,0 +1,211 @@
+"""The math of SFT, the reward model and PPO against hand-computed examples, and the stage modules on toys."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from gpt.finetuning import encode_documents, ranked_pairs
+from gpt.model import build_model
+from gpt.qa import QAPair, Rater
+from gpt.rlhf import (
+    RewardModel,
+    answer_loss,
+    at_answer,
+    bradley_terry_loss,
+    gae,
+    join,
+    kl_divergence,
+    pad_right,
+    ppo_policy_loss,
+    ppo_value_loss,
+    sample_answers,
+)
+from gpt.stages import PPOModule, RewardModule, pairwise_accuracy
+from gpt.tokenizer import CharTokenizer
+
+TOKENIZER = CharTokenizer(sorted(set("QA: \nabcdefghijklmnopqrstuvwxyz.!?")))
+MODEL = {"arch": "gpt", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": False}
+OPTIM = {"lr": 3e-3, "weight_decay": 0.0, "betas": [0.9, 0.99], "warmup_steps": 0, "decay_steps": 100, "min_lr": 3e-3}
+PPO = {
+    "temperature": 1.0,
+    "kl_coef": 0.1,
+    "clip": 0.2,
+    "value_clip": 0.2,
+    "value_coef": 0.5,
+    "gamma": 1.0,
+    "lam": 0.95,
+    "missing_stop_reward": -1.0,
+    "max_grad_norm": 1.0,
+    "epochs": 2,
+    "minibatch_size": 4,
+    "examples_per_update": 2,
+    "seed": 0,
+}
+
+
+def trainer(**kwargs):
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def test_the_answer_mask_covers_exactly_the_answer_and_its_stop():
+    pairs = [QAPair("who goes", "a friend."), QAPair("hi", "ho")]
+    x, y, mask = encode_documents(pairs, TOKENIZER)
+    assert [TOKENIZER.decode(y[i][mask[i]].tolist()) for i in range(2)] == ["a friend.\n", "ho\n"]
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+
+
+def test_question_targets_change_no_loss_term_and_answer_targets_do():
+    pairs = [QAPair("who goes there", "a friend."), QAPair("ay", "no")]
+    _, y, mask = encode_documents(pairs, TOKENIZER)
+    logits = torch.randn(*y.shape, TOKENIZER.vocab_size, requires_grad=True)
+    loss = answer_loss(logits, y, mask)
+    loss.backward()
+    assert logits.grad[~mask].abs().max() == 0 and logits.grad[mask].abs().min() > 0
+    question, answer = y.clone(), y.clone()
+    question[~mask] = (question[~mask] + 1) % TOKENIZER.vocab_size
+    answer[0, mask[0].nonzero()[0]] = (answer[0, mask[0].nonzero()[0]] + 1) % TOKENIZER.vocab_size
+    assert answer_loss(logits, question, mask) == loss
+    assert answer_loss(logits, answer, mask) != loss
+
+
+def test_bradley_terry_loss_and_accuracy_by_hand():
+    chosen, rejected = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 3.0])
+    expected = (math.log1p(math.exp(-2)) + math.log(2) + math.log1p(math.exp(2))) / 3
+    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected)
+    assert pairwise_accuracy(chosen, rejected).item() == pytest.approx(1 / 3)  # a tie counts as wrong
+
+
+def test_ranked_pairs_put_the_better_answer_first_within_each_question_and_drop_ties():
+    assert ranked_pairs([0.5, 0.9, 0.5, 0.1, 0.2, 0.2], group_size=3) == [(1, 0), (1, 2), (4, 3), (5, 3)]
+
+
+def test_gae_by_hand():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, 2.0, 9.0]])  # row 2 ends after 2 tokens: its 9 is padding
+    values = torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # Row 1: deltas 0, 0, 0.5 -> A2 = 0.5, A1 = 0 + 0.5 * 0.5 = 0.25, A0 = 0.125.
+    # Row 2: delta1 = 2 - 1 = 1 (nothing after it), delta0 = 0.5 + 1 - 1 = 0.5 -> A1 = 1, A0 = 0.5 + 0.5 = 1.
+    torch.testing.assert_close(advantages, torch.tensor([[0.125, 0.25, 0.5], [1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(returns, torch.tensor([[0.625, 0.75, 1.0], [2.0, 2.0, 0.0]]))
+    advantages, _ = gae(rewards, values, mask, gamma=0.5, lam=1.0)
+    # Row 1: delta2 = 0.5, delta1 = 0.25 - 0.5, delta0 = 0.25 - 0.5; A1 = -0.25 + 0.25, A0 = -0.25 + 0.
+    torch.testing.assert_close(advantages[0], torch.tensor([-0.25, 0.0, 0.5]))
+
+
+def test_clipped_policy_and_value_losses_by_hand():
+    old = torch.zeros(1, 4)
+    logprobs = torch.log(torch.tensor([[1.5, 0.5, 1.1, 1.5]]))
+    advantages = torch.tensor([[1.0, -1.0, 2.0, -1.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)  # the last token is padding
+    loss, clip_fraction = ppo_policy_loss(logprobs, old, advantages, mask, clip=0.2)
+    # Per token max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2; max(0.5, 0.8) = 0.8; max(-2.2, -2.2) = -2.2.
+    assert loss.item() == pytest.approx((-1.2 + 0.8 - 2.2) / 3)
+    assert clip_fraction.item() == pytest.approx(2 / 3)
+    values, old_values = torch.tensor([[1.0, 0.0, 0.5]]), torch.tensor([[0.0, 0.0, 0.0]])
+    returns = torch.tensor([[0.0, 1.0, 1.0]])
+    # max((V - R)^2, (V_clipped - R)^2): max(1, 0.04) = 1; max(1, 1) = 1; max(0.25, 0.64) = 0.64.
+    loss = ppo_value_loss(values, old_values, returns, torch.ones(1, 3, dtype=torch.bool), clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (1 + 1 + 0.64) / 3)
+
+
+def test_kl_is_non_negative_and_zero_for_identical_policies():
+    p, q = torch.randn(3, 5, 7) * 3, torch.randn(3, 5, 7) * 3
+    assert (kl_divergence(p, q) >= 0).all() and kl_divergence(p, q).sum() > 0
+    assert kl_divergence(p, p.clone()).abs().max() == 0
+    exact = (p.softmax(-1) * (p.log_softmax(-1) - q.log_softmax(-1))).sum(-1)
+    torch.testing.assert_close(kl_divergence(p, q), exact)
+
+
+class ScriptedModel(torch.nn.Module):
+    """Generates a fixed script of tokens per prompt length, like ``generate_stream`` (one (B, 1) at a time)."""
+
+    def __init__(self, scripts: dict[int, list[list[int]]], block_size: int):
+        super().__init__()
+        self.block_size = block_size
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.scripts = scripts
+
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        script = torch.tensor(self.scripts[idx.size(1)])
+        yield from script[:, :max_new_tokens].T[:, :, None]
+
+
+def test_sampled_answers_stop_at_the_first_generated_stop_or_the_end_of_the_context():
+    stop = 9
+    prompts = [[1, stop, 2], [stop], [3, stop, 4]]  # the prompts hold stop characters too
+    model = ScriptedModel({3: [[5, stop, 6, stop], [5, 6, 7, 8]], 1: [[stop, 7, 7, 7, 7, 7]]}, block_size=7)
+    answers = sample_answers(model, prompts, stop_id=stop)  # answers fill at most the context: 4 or 6 tokens
+    assert answers.lengths.tolist() == [2, 1, 4] and answers.stopped.tolist() == [True, True, False]
+    assert answers.tokens[0, :2].tolist() == [5, stop] and answers.tokens[2].tolist() == [5, 6, 7, 8, 0, 0]
+    idx, prompt_lengths = join(prompts, answers)
+    assert idx.tolist() == [[1, stop, 2, 5, stop, 0, 0], [stop, stop, 0, 0, 0, 0, 0], [3, stop, 4, 5, 6, 7, 8]]
+    # Answer token t of row i is predicted at position prompt_lengths[i] - 1 + t.
+    positions = at_answer(torch.arange(7.0).expand(3, 7), prompt_lengths, 2)
+    assert positions.tolist() == [[2, 3], [0, 1], [2, 3]]
+
+
+def test_reward_model_learns_an_obvious_preference():
+    """Answers ending in '!' beat answers ending in '?': held-out pairwise accuracy close to 1."""
+    generator = torch.Generator().manual_seed(0)
+    letters = TOKENIZER.encode("abcdefghijklmnopqrstuvwxyz")
+
+    def pairs(n):
+        rows = []
+        for _ in range(n):
+            body = [letters[i] for i in torch.randint(26, (int(torch.randint(2, 8, (1,))),), generator=generator)]
+            rows.append((body + TOKENIZER.encode("!\n"), body + TOKENIZER.encode("?\n")))
+        chosen, rejected = zip(*rows)
+        ends = torch.tensor([len(r) for r in chosen])
+        return TensorDataset(pad_right(chosen), ends, pad_right(rejected), ends)
+
+    module = RewardModule(MODEL, OPTIM, TOKENIZER.chars)
+    heldout = pairs(64)
+    trainer(max_steps=60).fit(module, DataLoader(pairs(512), batch_size=16, shuffle=True))
+    module.eval()
+    with torch.no_grad():
+        chosen, rejected = module.scores(heldout.tensors)
+    assert pairwise_accuracy(chosen, rejected) >= 0.95
+    module.normalise(heldout.tensors[0], heldout.tensors[1])  # normalised on these answers: mean 0, std 1
+    with torch.no_grad():
+        scores = module.model.score(heldout.tensors[0], heldout.tensors[1])
+    assert scores.mean().abs() < 1e-5 and scores.std().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ppo_starts_at_zero_kl_moves_only_the_policy_and_value_and_counts_updates_not_steps(tmp_path):
+    torch.manual_seed(0)
+    sft, reward_backbone = (build_model(vocab_size=TOKENIZER.vocab_size, **MODEL) for _ in range(2))
+    reward_model = RewardModel(reward_backbone)
+    torch.nn.init.normal_(reward_model.head.weight)
+    reward_model.eval().requires_grad_(False)
+    reward_before = {k: v.clone() for k, v in reward_model.state_dict().items()}
+    module = PPOModule(MODEL, OPTIM, TOKENIZER.chars, PPO, reward_model, Rater({"a"}), sft.state_dict())
+    prompts = [TOKENIZER.encode(f"Q: {q}\nA: ") for q in ("ab", "abc", "ab", "b", "ab", "abc", "ab", "b")] * 3
+    loader = DataLoader(prompts, batch_size=8, collate_fn=list)  # 3 updates of 8 questions, 2 minibatches
+    fit = trainer(max_epochs=1, default_root_dir=tmp_path)
+    fit.fit(module, loader)
+
+    assert [h["update"] for h in module.history] == [1, 2, 3]
+    assert fit.global_step == 3 * 2 * 2  # Lightning counts every optimizer step under manual optimization
+    assert module.history[0]["kl"] == 0.0 and module.history[-1]["kl"] > 0  # exactly 0 before the first update
+    assert not module.reference.training and not module.reward_model.training
+    for name, weight in sft.state_dict().items():
+        assert torch.equal(module.reference.state_dict()[name], weight)
+    assert any(not torch.equal(module.model.state_dict()[n], w) for n, w in sft.state_dict().items())
+    assert all(torch.equal(module.reward_model.state_dict()[k], v) for k, v in reward_before.items())
+    assert not torch.equal(module.value_model.head.weight, reward_model.head.weight)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"].keys() == {f"model.{k}" for k in sft.state_dict()}
+    assert len(checkpoint["ppo_history"]) == 3
+    assert (tmp_path / "ppo_samples.md").read_text().count("| prompt | answer | reward model | rater |") == 3
