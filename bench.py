@@ -20,7 +20,6 @@ Prints a table per part and writes everything to bench.json (``--json``).
 import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loads)
 
 import argparse
-import csv
 import json
 import resource
 import subprocess
@@ -39,6 +38,7 @@ from lightning.pytorch.loggers import CSVLogger
 from gpt.data import RandomBatches
 from gpt.lightning_module import GPTModule
 from gpt.model import build_model
+from gpt.plots import read_metrics
 from gpt.training import resolve_speed_settings
 
 ROOT = Path(__file__).resolve().parent
@@ -189,9 +189,9 @@ def bench_time_to_target(overrides: list[str], target: float) -> dict:
         wall_s = time.perf_counter() - started
         if result.returncode:
             raise SystemExit(f"train.py failed:\n{result.stderr[-3000:]}")
-        with open(Path(run_dir) / "metrics.csv", newline="") as f:
-            rows = [row for row in csv.DictReader(f) if row.get("val/loss")]
-    val = [(int(row["step"]), float(row["val/loss"]), float(row["time/elapsed_s"])) for row in rows]
+        metrics = read_metrics(Path(run_dir) / "metrics.csv")
+    (steps, losses), (_, seconds) = metrics["val/loss"], metrics["time/elapsed_s"]  # logged together
+    val = list(zip(steps, losses, seconds, strict=True))
     reached = next(((step, seconds) for step, loss, seconds in val if loss <= target), None)
     return {
         "overrides": overrides,
