@@ -20,6 +20,7 @@ from gpt.qa import STOP, QAPair, Rater, extract_pairs, prompt_length
 from gpt.rlhf import join, length_mask, load_reward_model, pad_right, sample_answers
 from gpt.stages import PPOModule, RewardModule, SFTModule, pairwise_accuracy
 from gpt.tokenizer import CharTokenizer
+from gpt.trainer import instantiate_trainer
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def finetune(cfg: DictConfig) -> str:
     model_cfg = read_checkpoint(cfg.init_from)["hyper_parameters"]["model"]
 
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
+    trainer = instantiate_trainer(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
     for logger in loggers:
         logger.log_hyperparams(config)
     module = STAGES[cfg.stage.name](cfg, config, model_cfg, policy, tokenizer, qa, trainer)

@@ -124,3 +124,11 @@ class GPTModule(L.LightningModule):
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.device_count() == len(rng["cuda"]):
                 torch.cuda.set_rng_state_all(rng["cuda"])
+        if "loops" in checkpoint:
+            # Lightning counts the interval between validations in micro-batches since the run began. Restate
+            # that count in this run's micro-batches, so that a run resumed with another accumulation (another
+            # device count, the same batch) still validates and checkpoints on the same optimizer steps.
+            micro_batches = checkpoint["global_step"] * self.trainer.accumulate_grad_batches
+            progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+            for counts in (progress["total"], progress["current"]):
+                counts.update(dict.fromkeys(counts, micro_batches))

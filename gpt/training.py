@@ -24,6 +24,7 @@ from gpt.lightning_module import GPTModule
 from gpt.model import ARCHITECTURES, MIXERS
 from gpt.plots import plot_losses
 from gpt.tracking import instantiate_loggers, wandb_run_finished, write_result
+from gpt.trainer import instantiate_trainer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def check_config(cfg: DictConfig) -> None:
         isinstance(trainer.val_check_interval, int) and trainer.val_check_interval >= 1,
         f"trainer.val_check_interval={trainer.val_check_interval} must be a whole number of steps >= 1",
     )
-    if not problems and trainer.max_steps * trainer.accumulate_grad_batches % trainer.val_check_interval:
+    if not problems and trainer.max_steps % trainer.val_check_interval:
         problems.append(
             f"trainer.max_steps={trainer.max_steps} must be a multiple of trainer.val_check_interval="
             f"{trainer.val_check_interval} so that the last step is validated and checkpointed"
@@ -123,7 +124,7 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> L.Trainer:
     #11300, lightning-hydra-template #393; W&B #1314 for the runs that then merge). ddp_spawn starts each
     job's ranks from inside the job, with a process group of their own.
     """
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer = instantiate_trainer(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         if not isinstance(trainer.strategy, DDPStrategy):
@@ -131,7 +132,7 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> L.Trainer:
                 f"{type(trainer.strategy).__name__} can only start its processes by re-running the command, "
                 "which re-runs the whole sweep: run the jobs of a multirun one by one"
             )
-        trainer = instantiate(cfg.trainer, strategy="ddp_spawn", logger=loggers or False, callbacks=callbacks)
+        trainer = instantiate_trainer(cfg.trainer, strategy="ddp_spawn", logger=loggers or False, callbacks=callbacks)
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         # The spawned rank 0 attaches to the W&B run started here, and without WANDB_DIR it would write the
         # run's media (the sample tables) under the current directory instead of the run's folder.

@@ -74,6 +74,21 @@ def test_resuming_continues_exactly_where_the_run_stopped(run_dir, corpus_path, 
         torch.testing.assert_close(state["exp_avg_sq"], straight_state[i]["exp_avg_sq"], rtol=0, atol=1e-9)
 
 
+def test_resuming_with_accumulation_and_an_odd_interval_continues_exactly(corpus_path, tmp_path):
+    """Validation (and its checkpoint) every 5 optimizer steps of 2 micro-batches: never mid-accumulation."""
+    run = ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=5", "optim.decay_steps=20"]
+    straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
+    train(straight, corpus_path, *run, "trainer.max_steps=20")
+    train(first, corpus_path, *run, "trainer.max_steps=15")
+    train(second, corpus_path, *run, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    rows = csv.DictReader(open(second / "metrics.csv"))
+    assert [int(r["step"]) + 1 for r in rows if r["val/loss"]] == [20]
+    expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, weight in expected.items():
+        torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6)
+
+
 def test_resuming_from_another_model_is_refused(run_dir):
     other = GPTModule(dict(arch="bigram", block_size=16), {}, vocab=list("ab"))
     with pytest.raises(UserError, match="cannot resume.*trained with model="):
