@@ -1,6 +1,9 @@
-"""Lightning's Trainer as a run config says, for every job: intervals counted in optimizer steps."""
+"""Lightning's Trainer as a run config says, for every job: intervals counted in optimizer steps, and bf16
+mixed precision that lets a fused optimizer clip its gradients."""
 
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 
 
 def instantiate_trainer(trainer_cfg, **kwargs):
@@ -13,4 +16,33 @@ def instantiate_trainer(trainer_cfg, **kwargs):
     interval = kwargs.pop("val_check_interval", trainer_cfg.get("val_check_interval"))
     if isinstance(interval, int):
         kwargs["val_check_interval"] = interval * trainer_cfg.get("accumulate_grad_batches", 1)
-    return instantiate(trainer_cfg, **kwargs)
+    trainer = instantiate(trainer_cfg, **kwargs)
+    allow_clipping_with_fused_optimizers(trainer)
+    return trainer
+
+
+class ClippableMixedPrecision(MixedPrecision):
+    """Lightning's mixed precision, minus a refusal that is wrong under bf16.
+
+    Lightning 2.6.6's ``MixedPrecision.clip_gradients`` refuses to clip for any optimizer that unscales
+    gradients inside its step (torch's fused Adam/AdamW), even under bf16-mixed, which has no gradient scaler
+    and so nothing to unscale: with the GPU defaults (bf16-mixed, fused AdamW, clipping) every run died at its
+    first step (Lightning issue #21435). Upstream fixed it in PR #21436 by refusing only when a scaler is in
+    use; this is that fix, until a Lightning release carries it. Under 16-mixed the refusal stands: there the
+    gradients are still scaled when they would be clipped (``gpt.training`` says so before anything runs).
+    """
+
+    def clip_gradients(self, optimizer, clip_val=0.0, gradient_clip_algorithm=GradClipAlgorithmType.NORM):
+        if self.scaler is not None:
+            return super().clip_gradients(optimizer, clip_val, gradient_clip_algorithm)
+        return Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+
+def allow_clipping_with_fused_optimizers(trainer) -> None:
+    """Swap the trainer's bf16-mixed plugin for the one above (same autocast, same everything else).
+
+    FSDP brings its own precision plugin, which does not refuse; its clipping goes through FSDP itself.
+    """
+    plugin = trainer.strategy.precision_plugin
+    if type(plugin) is MixedPrecision and plugin.scaler is None:
+        trainer.strategy.precision_plugin = ClippableMixedPrecision(plugin.precision, plugin.device)

@@ -112,6 +112,11 @@ def resolve_speed_settings(cfg: DictConfig) -> None:
         cfg.compile = gpu
     if cfg.optim.fused == "auto":
         cfg.optim.fused = gpu
+    if cfg.trainer.precision in ("16-mixed", "16") and cfg.optim.fused and cfg.trainer.gradient_clip_val:
+        raise UserError(
+            "trainer.precision=16-mixed scales the gradients and fused AdamW unscales them only inside its step, "
+            "so they cannot be clipped: use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=0"
+        )
     torch.set_float32_matmul_precision(cfg.matmul_precision)  # "high": TF32 matmuls on Ampere and newer
 
 
@@ -150,6 +155,10 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> L.Trainer:
         log.info(
             f"batch: {cfg.data.batch_size} chunks of {cfg.data.block_size} tokens per optimizer step = "
             f"{world_size} device(s) x {accumulation} micro-batch(es) x {micro} chunks"
+        )
+        log.info(
+            f"speed settings: precision {trainer.precision}, compile {cfg.compile}, fused AdamW {cfg.optim.fused}, "
+            f"float32 matmul precision {cfg.matmul_precision}"
         )
     return trainer
 

@@ -1,0 +1,97 @@
+"""What a GPU run executes, exercised on the CPU: bf16 autocast, fused AdamW, clipping, accumulation and
+torch.compile together.
+
+On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW (gpt.training.resolve_speed_settings).
+All three run on a CPU too, so these tests force them there instead of skipping."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from gpt.data import RandomBatches
+from gpt.errors import UserError
+from gpt.lightning_module import GPTModule
+from gpt.trainer import instantiate_trainer
+from gpt.training import resolve_speed_settings
+
+from .conftest import TINY_RUN, run_script
+from .test_config import compose_train
+
+VOCAB = [chr(c) for c in range(97, 117)]
+MODEL = dict(arch="gpt", block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+OPTIM = dict(lr=1e-3, weight_decay=0.1, betas=[0.9, 0.99], warmup_steps=0, decay_steps=10, min_lr=1e-4)
+GPU_SETTINGS = ["compile=true", "trainer.precision=bf16-mixed", "optim.fused=true"]
+
+
+def trainer_cfg(**settings):
+    return OmegaConf.create(
+        {
+            "_target_": "lightning.pytorch.Trainer",
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            **settings,
+        }
+    )
+
+
+class GradientNorms(L.Callback):
+    """The total gradient norm after each optimizer step: what clipping left, since the step does not zero it."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+
+def test_bf16_mixed_with_fused_adamw_clips_its_gradients():
+    """Lightning 2.6.6 alone raises here at the first step ("does not allow for gradient clipping")."""
+    module = GPTModule(MODEL, {**OPTIM, "fused": True}, VOCAB)
+    norms = GradientNorms()
+    cfg = trainer_cfg(precision="bf16-mixed", gradient_clip_val=1e-3, max_steps=3)
+    trainer = instantiate_trainer(cfg, callbacks=[norms])
+    trainer.fit(module, train_dataloaders=RandomBatches(torch.randint(20, (500,)), 16, 4, seed=0))
+    assert trainer.precision == "bf16-mixed"
+    assert module.optimizers().optimizer.defaults["fused"]
+    assert norms.norms == pytest.approx([1e-3] * 3, rel=1e-3)  # every step clipped to the limit
+
+
+def test_16_mixed_with_fused_adamw_and_clipping_is_refused_in_one_line():
+    cfg = compose_train("trainer.precision=16-mixed", "optim.fused=true")
+    with pytest.raises(UserError, match="use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=0"):
+        resolve_speed_settings(cfg)
+    resolve_speed_settings(compose_train("trainer.precision=16-mixed", "optim.fused=true", "trainer.gradient_clip_val=0"))
+
+
+def train(run_dir, corpus_path, *overrides):
+    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *TINY_RUN, *overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def val_losses(run_dir) -> dict[int, float]:
+    rows = csv.DictReader((run_dir / "metrics.csv").read_text().splitlines())
+    return {int(r["step"]) + 1: float(r["val/loss"]) for r in rows if r["val/loss"]}
+
+
+@pytest.mark.slow
+def test_the_gpu_settings_train_together_on_the_cpu(tmp_path, corpus_path):
+    """The lecture model's shape (6 layers, 6 heads, dropout 0.2) at a width a CPU trains in seconds, compiled
+    (inductor, as on a GPU), under bf16 autocast, with fused AdamW, clipping and 2 micro-batches per step."""
+    small = ["model=small", "model.n_embd=48", "model.block_size=32", "data.batch_size=8", "data.eval_chunks=16"]
+    steps = ["trainer.max_steps=6", "trainer.val_check_interval=3", "optim.warmup_steps=2"]
+    console = train(tmp_path, corpus_path, *small, *GPU_SETTINGS, "trainer.accumulate_grad_batches=2", *steps)
+    assert "speed settings: precision bf16-mixed, compile True, fused AdamW True" in console
+    assert "2 micro-batch(es) x 4 chunks" in console
+    losses = val_losses(tmp_path)
+    assert sorted(losses) == [3, 6] and all(0 < loss < 10 for loss in losses.values())
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    assert all(float(r["train/grad_norm"]) > 0 for r in rows if r["train/grad_norm"])
