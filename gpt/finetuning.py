@@ -160,7 +160,7 @@ def finetune(cfg: DictConfig) -> str:
 
 
 def run_sft(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> SFTModule:
-    module = SFTModule(model_cfg, config["optim"], tokenizer.chars, run_config=config)
+    module = SFTModule(model_cfg, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
     module.model.load_state_dict(policy.state_dict())
     train = TensorDataset(*encode_documents(qa.train, tokenizer))
     heldout = TensorDataset(*encode_documents(qa.heldout, tokenizer))
@@ -194,7 +194,7 @@ def run_reward(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -
         )
     (train, train_answers, train_ends), (heldout, _, _) = datasets
 
-    module = RewardModule(model_cfg, config["optim"], tokenizer.chars, run_config=config)
+    module = RewardModule(model_cfg, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
     module.model.backbone.load_state_dict(policy.state_dict())
     train_loader = DataLoader(train, batch_size=stage.batch_size, shuffle=True, drop_last=True)
     heldout_loader = DataLoader(heldout, batch_size=len(heldout))

@@ -1,5 +1,6 @@
 """The LightningModule: trains any model of gpt.model with AdamW and a warmup + cosine schedule."""
 
+import logging
 import math
 import time
 from functools import partial
@@ -10,6 +11,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt.model import build_model
 from gpt.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
 
 
 def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
@@ -38,11 +41,18 @@ class GPTModule(L.LightningModule):
     """
 
     def __init__(
-        self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None, compile: bool = False
+        self,
+        model: dict,
+        optim: dict,
+        vocab: list[str],
+        run_config: dict | None = None,
+        compile: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters("model", "optim", "vocab", logger=False)  # train.py logs run_config
         self.run_config = run_config
+        self.seed = seed  # of each rank's dropout stream (the weights are drawn before, the batches elsewhere)
         self.tokenizer = CharTokenizer(vocab)
         self.model = build_model(vocab_size=len(vocab), **model)
         self.compiled = compile
@@ -111,19 +121,20 @@ class GPTModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def setup(self, stage):
+        # Each rank draws its own dropout masks: the same seed everywhere would drop the same units on every
+        # device. The weights were drawn before (identical on every rank), the batches have their own stream.
+        if stage == "fit":
+            torch.manual_seed(rank_seed(self.seed, self.global_rank))
+
     def on_save_checkpoint(self, checkpoint):
-        # Lightning saves model, optimizer, scheduler and loop state; add the RNGs dropout draws from.
+        # Lightning saves model, optimizer, scheduler and loop state; add every rank's RNGs (dropout draws from
+        # them). Every rank runs this hook; rank 0 writes the file, so the states are gathered to it.
         checkpoint["config"] = self.run_config
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng"] = {name: self._gather(state) for name, state in self._rng_states().items()}
 
     def on_load_checkpoint(self, checkpoint):
-        rng = checkpoint.get("rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.device_count() == len(rng["cuda"]):
-                torch.cuda.set_rng_state_all(rng["cuda"])
+        self._restore_rng(checkpoint)
         if "loops" in checkpoint:
             # Lightning counts the interval between validations in micro-batches since the run began. Restate
             # that count in this run's micro-batches, so that a run resumed with another accumulation (another
@@ -132,3 +143,43 @@ class GPTModule(L.LightningModule):
             progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
             for counts in (progress["total"], progress["current"]):
                 counts.update(dict.fromkeys(counts, micro_batches))
+
+    def _restore_rng(self, checkpoint):
+        rng, rank, world_size = checkpoint.get("rng"), self.global_rank, self.trainer.world_size
+        states = {name: state if state.dim() == 2 else state[None] for name, state in (rng or {}).items()}
+        if "torch" in states and len(states["torch"]) == world_size:
+            # clone: a row of the stacked states is a view, and set_rng_state reads its storage from the start
+            torch.set_rng_state(states["torch"][rank].clone())
+            if "cuda" in states and self._rank_device().type == "cuda":
+                torch.cuda.set_rng_state(states["cuda"][rank].clone(), self._rank_device())
+            return
+        # Another device count (or no saved state): exact continuation is impossible, so start each rank on a
+        # stream of its own that depends on where the run resumes.
+        torch.manual_seed(rank_seed(self.seed, rank, checkpoint.get("global_step", 0)))
+        if rank == 0:
+            log.info(
+                f"the checkpoint holds the RNG states of {len(states.get('torch', []))} device(s), this run has "
+                f"{world_size}: dropout reseeded on each rank from (seed, rank, step)"
+            )
+
+    def _rank_device(self) -> torch.device:
+        """The device this rank trains on (known before the module is moved there)."""
+        return self.trainer.strategy.root_device if self._trainer else self.device
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        states = {"torch": torch.get_rng_state()}
+        if self._rank_device().type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self._rank_device())
+        return states
+
+    def _gather(self, state: torch.Tensor) -> torch.Tensor:
+        """(world_size, n): every rank's ``state`` (n bytes), on the CPU."""
+        world_size = self.trainer.world_size if self._trainer else 1
+        if world_size == 1:
+            return state[None]
+        return self.all_gather(state.to(self._rank_device())).cpu().view(world_size, -1)
+
+
+def rank_seed(*key: int) -> int:
+    """A seed for ``key`` (seed, rank[, step]): tuples of ints hash the same in every process and run."""
+    return hash(key) & 0xFFFF_FFFF_FFFF

@@ -61,8 +61,8 @@ class RewardModule(GPTModule):
     Batches are (chosen sequences, their lengths, rejected sequences, their lengths).
     """
 
-    def __init__(self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None):
-        super().__init__(model, optim, vocab, run_config)
+    def __init__(self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None, seed: int = 0):
+        super().__init__(model, optim, vocab, run_config, seed=seed)
         self.model = RewardModel(self.model)
 
     def scores(self, batch):

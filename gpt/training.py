@@ -187,9 +187,8 @@ def train(cfg: DictConfig) -> float:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # download once, here, before any DDP worker starts
     datamodule.setup("fit")  # the corpus decides the vocabulary, which sizes the model
-    module = GPTModule(
-        config["model"], config["optim"], datamodule.tokenizer.chars, run_config=config, compile=cfg.compile
-    )
+    vocab = datamodule.tokenizer.chars
+    module = GPTModule(config["model"], config["optim"], vocab, run_config=config, compile=cfg.compile, seed=cfg.seed)
     if cfg.ckpt_path:
         check_resumable(cfg.ckpt_path, module, cfg.trainer.max_steps)
 

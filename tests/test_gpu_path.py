@@ -1,5 +1,5 @@
 """What a GPU run executes, exercised on the CPU: bf16 autocast, fused AdamW, clipping, accumulation and
-torch.compile together.
+torch.compile together; a dropout stream per rank.
 
 On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW (gpt.training.resolve_speed_settings).
 All three run on a CPU too, so these tests force them there instead of skipping."""
@@ -71,6 +71,22 @@ def test_16_mixed_with_fused_adamw_and_clipping_is_refused_in_one_line():
     resolve_speed_settings(compose_train("trainer.precision=16-mixed", "optim.fused=true", "trainer.gradient_clip_val=0"))
 
 
+def rng_after_setup(rank: int, seed: int) -> torch.Tensor:
+    class Rank:
+        global_rank = rank
+
+    module = GPTModule(MODEL, OPTIM, VOCAB, seed=seed)
+    module.trainer = Rank()
+    module.setup("fit")
+    return torch.rand(4)
+
+
+def test_each_rank_draws_its_own_dropout_masks_from_the_seed():
+    assert torch.equal(rng_after_setup(rank=1, seed=5), rng_after_setup(rank=1, seed=5))
+    assert not torch.equal(rng_after_setup(rank=0, seed=5), rng_after_setup(rank=1, seed=5))
+    assert not torch.equal(rng_after_setup(rank=0, seed=5), rng_after_setup(rank=0, seed=6))
+
+
 def train(run_dir, corpus_path, *overrides):
     result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *TINY_RUN, *overrides)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -95,3 +111,19 @@ def test_the_gpu_settings_train_together_on_the_cpu(tmp_path, corpus_path):
     assert sorted(losses) == [3, 6] and all(0 < loss < 10 for loss in losses.values())
     rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
     assert all(float(r["train/grad_norm"]) > 0 for r in rows if r["train/grad_norm"])
+
+
+@pytest.mark.slow
+def test_two_processes_with_dropout_resume_exactly(tmp_path, corpus_path):
+    """Each rank's dropout stream is saved and restored: 10 + 10 steps on 2 processes equal 20 straight."""
+    run = ["trainer.devices=2", "model.dropout=0.1", "trainer.val_check_interval=10", "optim.decay_steps=20"]
+    straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
+    train(straight, corpus_path, *run, "trainer.max_steps=20")
+    train(first, corpus_path, *run, "trainer.max_steps=10")
+    train(second, corpus_path, *run, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    checkpoint = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["rng"]["torch"].shape[0] == 2  # one state per rank
+    expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, weight in expected.items():
+        torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6)

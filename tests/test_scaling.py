@@ -106,8 +106,9 @@ def test_checkpoint_of_two_processes_resumes_on_one_at_its_step(one_process, two
     assert all(torch.equal(weight, saved[f"model.{name}"]) for name, weight in model.state_dict().items())
     # One process, and the batch of 8 in 2 micro-batches of 4; validation still every 5 optimizer steps.
     accumulating = ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=5"]
-    train(tmp_path, corpus_path, "trainer.max_steps=20", *accumulating, f"ckpt_path={two_process_checkpoint}")
+    console = train(tmp_path, corpus_path, "trainer.max_steps=20", *accumulating, f"ckpt_path={two_process_checkpoint}")
     assert sorted(val_losses(tmp_path)) == [15, 20]  # resumed at step 10, not from the start
+    assert "RNG states of 2 device(s), this run has 1: dropout reseeded on each rank from (seed, rank, step)" in console
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     straight = torch.load(one_process / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 20
