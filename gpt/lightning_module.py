@@ -74,8 +74,14 @@ class GPTModule(L.LightningModule):
         # A logged tensor stays on the device until a logger or the progress bar reads it (every
         # trainer.log_every_n_steps): no host sync in the step.
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        self.log_learning_rate()
         return loss
+
+    def log_learning_rate(self) -> None:
+        """``train/lr``, on the steps the loggers record only: a logged float is copied to the device, which
+        on a GPU waits for the queue of kernels."""
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # FSDP shards the gradients, so only the sharded model can compute their global norm: Lightning's own

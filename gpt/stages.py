@@ -42,7 +42,7 @@ class SFTModule(GPTModule):
         x, y, mask = batch
         loss = answer_loss(self.model(x)[0], y, mask)
         self.log("train/answer_loss", loss, prog_bar=True)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        self.log_learning_rate()
         return loss
 
     def validation_step(self, batch, batch_idx):

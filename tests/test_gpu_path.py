@@ -1,5 +1,5 @@
 """What a GPU run executes, exercised on the CPU: bf16 autocast, fused AdamW, clipping, accumulation and
-torch.compile together; a dropout stream per rank.
+torch.compile together; a dropout stream per rank; the learning rate logged without a sync per step.
 
 On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW (gpt.training.resolve_speed_settings).
 All three run on a CPU too, so these tests force them there instead of skipping."""
@@ -69,6 +69,22 @@ def test_16_mixed_with_fused_adamw_and_clipping_is_refused_in_one_line():
     with pytest.raises(UserError, match="use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=0"):
         resolve_speed_settings(cfg)
     resolve_speed_settings(compose_train("trainer.precision=16-mixed", "optim.fused=true", "trainer.gradient_clip_val=0"))
+
+
+def test_learning_rate_is_logged_on_the_logged_steps_only(monkeypatch):
+    """A float logged every step would be copied to the GPU every step, waiting for its queue of kernels."""
+    logged_at = []
+    log = GPTModule.log
+
+    def spy(self, name, value, *args, **kwargs):
+        if name == "train/lr":
+            logged_at.append(self.global_step)
+        return log(self, name, value, *args, **kwargs)
+
+    monkeypatch.setattr(GPTModule, "log", spy)
+    trainer = instantiate_trainer(trainer_cfg(max_steps=12, log_every_n_steps=4))
+    trainer.fit(GPTModule(MODEL, OPTIM, VOCAB), train_dataloaders=RandomBatches(torch.randint(20, (500,)), 16, 4, seed=0))
+    assert logged_at == [3, 7, 11]
 
 
 def rng_after_setup(rank: int, seed: int) -> torch.Tensor:
