@@ -150,6 +150,12 @@ def finetune(cfg: DictConfig) -> str:
 
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
     trainer = instantiate_trainer(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
+    if trainer.world_size > 1:
+        # Each stage would do the same work on every device: the same batches, the same sampled answers.
+        raise UserError(
+            f"finetune.py runs on one device, this trainer has {trainer.world_size}: the post-training models are "
+            "as small as the pre-trained one and train in minutes; set trainer.devices=1 trainer.num_nodes=1"
+        )
     for logger in loggers:
         logger.log_hyperparams(config)
     module = STAGES[cfg.stage.name](cfg, config, model_cfg, policy, tokenizer, qa, trainer)

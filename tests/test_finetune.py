@@ -125,6 +125,7 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
         (["stage=sft", "init_from={pretrained}", "qa.max_answer_chars=30"], "more than the model's context 32"),
         (["stage=reward", "init_from={sft}", "stage.samples_per_question=1"], "samples_per_question must be >= 2"),
         (["stage=sft", "init_from=missing.ckpt"], "checkpoint missing.ckpt not found"),
+        (["stage=sft", "init_from={pretrained}", "trainer.accelerator=cpu", "trainer.devices=2"], "runs on one device"),
     ],
 )
 def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message):
