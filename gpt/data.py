@@ -52,8 +52,10 @@ class RandomBatches:
     It is cut into world_size x accumulation micro-batches; rank r takes number k * world_size + r at the
     k-th micro-step. So every rank trains on different chunks, one device or N devices (with or without
     accumulation) train on exactly the same batches, and a run resumed at step s sees the batches the
-    uninterrupted run would have seen. ``start`` counts micro-batches. The batches are drawn where ``data``
-    lives: with the corpus on the GPU, sampling a batch is a few kernel launches and nothing crosses the bus.
+    uninterrupted run would have seen. ``start`` counts micro-batches. The chunks are cut where ``data`` lives:
+    with the corpus on the GPU only the offsets cross the bus, without waiting for the GPU. The offsets are
+    drawn on the CPU on every device (CUDA's generator draws other numbers from the same seed), so a run
+    resumed on another kind of device still sees the same batches.
     """
 
     def __init__(self, data, block_size, batch_size, seed, start=0, rank=0, world_size=1, accumulation=1):
@@ -63,15 +65,16 @@ class RandomBatches:
         self.micro_batch_size = micro_batch_size(batch_size, world_size, accumulation)
 
     def __iter__(self):
-        generator = torch.Generator(device=self.data.device)
+        generator = torch.Generator()
         for i in itertools.count(self.start):
             step, micro_step = divmod(i, self.accumulation)
             generator.manual_seed(hash((self.seed, step)) & 0xFFFF_FFFF_FFFF)  # int tuples hash reproducibly
-            offsets = torch.randint(
-                len(self.data) - self.block_size, (self.batch_size,), generator=generator, device=self.data.device
-            )
+            offsets = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=generator)
             first = (micro_step * self.world_size + self.rank) * self.micro_batch_size
-            yield chunks_at(self.data, self.block_size, offsets[first : first + self.micro_batch_size])
+            offsets = offsets[first : first + self.micro_batch_size]
+            if self.data.is_cuda:  # from page-locked memory the copy is queued, and the CPU does not wait
+                offsets = offsets.pin_memory().to(self.data.device, non_blocking=True)
+            yield chunks_at(self.data, self.block_size, offsets)
 
 
 class CharDataModule(L.LightningDataModule):

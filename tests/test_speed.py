@@ -60,12 +60,18 @@ def test_on_device_batches_are_shifted_chunks_of_the_data_on_its_device():
         assert x.min() >= 0 and y.max() < 1000
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_batches_are_drawn_on_the_gpu_when_the_data_is_there():
-    data = torch.arange(1000, device="cuda")
-    x, y = next(iter(RandomBatches(data, block_size=8, batch_size=5, seed=(0, 0))))
-    assert x.is_cuda and y.is_cuda
-    assert torch.equal(y[:, :-1], x[:, 1:])
+def test_batches_cut_on_the_gpu_are_the_batches_of_the_cpu():
+    """A GPU run resumed on a CPU (or the other way) goes on with the same batches."""
+    data = torch.arange(1000)
+    for (x, y), (cpu_x, cpu_y) in zip(
+        RandomBatches(data.cuda(), block_size=8, batch_size=5, seed=(0, 0), start=3),
+        RandomBatches(data, block_size=8, batch_size=5, seed=(0, 0), start=3),
+    ):
+        assert x.is_cuda and y.is_cuda
+        assert torch.equal(x.cpu(), cpu_x) and torch.equal(y.cpu(), cpu_y)
+        break
 
 
 def train_briefly(module: GPTModule, path) -> None:
