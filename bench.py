@@ -15,6 +15,8 @@ Prints a table per part and writes everything to bench.json (``--json``).
 - **time to target**: a real ``train.py`` run (whole process, its own defaults unless overridden): the wall
   time, the best val loss and how long after training started the val loss first reached ``--target``.
 - **sampling**: ``block_size`` characters from a newline with and without the KV cache; the outputs must match.
+
+``scripts/gpu_report.py`` (``scripts/gpu_report.sh``) builds a GPU machine's report from these functions.
 """
 
 import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loads)
@@ -22,6 +24,7 @@ import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loa
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,13 +42,27 @@ from gpt.data import RandomBatches
 from gpt.lightning_module import GPTModule
 from gpt.model import build_model
 from gpt.plots import read_metrics
+from gpt.tracking import RESULT_FILE
+from gpt.trainer import allow_clipping_with_fused_optimizers
 from gpt.training import resolve_speed_settings
 
 ROOT = Path(__file__).resolve().parent
 VOCAB = [chr(i) for i in range(32, 97)]  # 65 symbols, the size of Tiny Shakespeare's vocabulary
 
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; the first name found in the device wins.
-PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; the first key found in the device's name
+# wins. None: a name that would otherwise match a wrong entry (a MIG slice has a fraction of its GPU's peak; the
+# NVL boards have their own), whose MFU is then reported unknown rather than guessed.
+PEAK_BF16_FLOPS = {
+    "MIG": None,
+    "H100 NVL": None,
+    "H200 NVL": None,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+}
 
 
 def load_config(overrides: list[str]):
@@ -61,12 +78,23 @@ def flops_per_token(model_cfg, n_params: int) -> float:
     return 6.0 * n_params + 12.0 * model_cfg.n_layer * model_cfg.block_size * model_cfg.n_embd
 
 
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of a GPU named like ``torch.cuda.get_device_name``; None if not known."""
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
+
+
 def device_peak_flops(device: torch.device) -> tuple[str, float | None]:
     if device.type != "cuda":
         return "cpu", None
     name = torch.cuda.get_device_name(device)
-    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
-    return name, peak
+    return name, peak_bf16_flops(name)
+
+
+def mfu_pct(flops_per_token: float, tokens_per_s: float, peak_flops: float | None, devices: int = 1) -> float | None:
+    """Model FLOPs utilisation in percent: achieved FLOP/s over the peak of ``devices`` GPUs (None: no peak known)."""
+    if peak_flops is None:
+        return None
+    return 100 * flops_per_token * tokens_per_s / (peak_flops * devices)
 
 
 def synchronize(device: torch.device) -> None:
@@ -78,6 +106,18 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # the process so far, in MB
+
+
+class PeakMemory(L.Callback):
+    """At the end of training, each rank writes its peak memory to ``peak_memory_rank<r>.json`` in the run folder:
+    ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU. Add it to a train.py run with
+    ``+callbacks.peak_memory._target_=bench.PeakMemory``; ``read_run`` reads the files."""
+
+    def on_train_end(self, trainer, pl_module):
+        device = pl_module.device
+        record = {"device": device.type, "peak_memory_mb": peak_memory_mb(device)}
+        path = Path(trainer.default_root_dir) / f"peak_memory_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(record))
 
 
 def make_module(cfg, device):
@@ -148,19 +188,24 @@ def lightning_ms_per_step(cfg, device, steps: int, warmup: int, log_dir: str) ->
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    allow_clipping_with_fused_optimizers(trainer)  # as train.py's trainer: bf16 + fused AdamW + clipping
     trainer.fit(module, train_dataloaders=batches)
     return timer.seconds * 1000 / steps
 
 
-def bench_throughput(name: str, device, steps: int, warmup: int) -> dict:
-    cfg = load_config([f"model={name}", f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"])
+def bench_throughput(name: str, device, steps: int, warmup: int, overrides=(), plain: bool = True) -> dict:
+    """Tokens/s, ms/step, peak memory and MFU of config ``model=name`` (plus ``overrides``) trained on random tokens;
+    with ``plain``, also the plain loop's ms/step and Lightning's overhead (None without)."""
+    accelerator = f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"
+    cfg = load_config([f"model={name}", accelerator, *overrides])
     n_params = build_model(vocab_size=len(VOCAB), **cfg.model).num_parameters()
     tokens_per_step = cfg.data.batch_size * cfg.model.block_size
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as log_dir:
         lightning_ms = lightning_ms_per_step(cfg, device, steps, warmup, log_dir)
-    plain_ms = plain_loop_ms_per_step(cfg, device, steps, warmup)
+    peak_mb = peak_memory_mb(device)
+    plain_ms = plain_loop_ms_per_step(cfg, device, steps, warmup) if plain else None
     device_name, peak = device_peak_flops(device)
     tokens_per_s = tokens_per_step / (lightning_ms / 1000)
     return {
@@ -171,37 +216,62 @@ def bench_throughput(name: str, device, steps: int, warmup: int) -> dict:
         "compile": bool(cfg.compile),
         "lightning_ms_per_step": lightning_ms,
         "plain_ms_per_step": plain_ms,
-        "lightning_overhead_pct": 100 * (lightning_ms / plain_ms - 1),
+        "lightning_overhead_pct": None if plain_ms is None else 100 * (lightning_ms / plain_ms - 1),
         "tokens_per_s": tokens_per_s,
-        "peak_memory_mb": peak_memory_mb(device),
-        "mfu_pct": None if peak is None else 100 * flops_per_token(cfg.model, n_params) * tokens_per_s / peak,
+        "peak_memory_mb": peak_mb,
+        "mfu_pct": mfu_pct(flops_per_token(cfg.model, n_params), tokens_per_s, peak),
         "device": device_name,
         "peak_flops": peak,
+    }
+
+
+def run_train(overrides: list[str], run_dir) -> tuple[subprocess.CompletedProcess, float]:
+    """``train.py hydra.run.dir=<run_dir> <overrides>`` in a fresh process, as a user starts it; and its wall time."""
+    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
+    started = time.perf_counter()
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    return result, time.perf_counter() - started
+
+
+def read_run(run_dir, target: float) -> dict:
+    """What a finished train.py run measured, from its folder: the val curve (step, loss, seconds after training
+    started), the best val loss, when the val loss first reached ``target``, the steps trained, the median of the
+    logged ``train/tokens_per_sec`` windows (all devices, validation excluded; the median leaves out the first
+    window's compilation), and, if the run had ``PeakMemory``, the largest peak of its ranks."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir / "metrics.csv")
+    (steps, losses), (_, seconds) = metrics["val/loss"], metrics["time/elapsed_s"]  # logged together
+    val = list(zip(steps, losses, seconds, strict=True))
+    reached = next(((step, seconds) for step, loss, seconds in val if loss <= target), None)
+    speeds = metrics.get("train/tokens_per_sec", ([], []))[1]
+    peaks = [json.loads(p.read_text())["peak_memory_mb"] for p in sorted(run_dir.glob("peak_memory_rank*.json"))]
+    result_file = run_dir / RESULT_FILE
+    result = OmegaConf.to_container(OmegaConf.load(result_file)) if result_file.exists() else {}
+    return {
+        "best_val_loss": min(loss for _, loss, _ in val),
+        "target": target,
+        "step_at_target": reached and reached[0],
+        "train_s_at_target": reached and reached[1],  # seconds after training started (start-up excluded)
+        "val_curve": val,
+        "steps": result.get("steps", max(steps)),
+        "params": result.get("params"),
+        "tokens_per_s": statistics.median(speeds) if speeds else None,
+        "peak_memory_mb": max(peaks) if peaks else None,
     }
 
 
 def bench_time_to_target(overrides: list[str], target: float) -> dict:
     """One whole train.py run in a fresh process, as a user starts it."""
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
-        started = time.perf_counter()
-        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-        wall_s = time.perf_counter() - started
+        result, wall_s = run_train(overrides, run_dir)
         if result.returncode:
             raise SystemExit(f"train.py failed:\n{result.stderr[-3000:]}")
-        metrics = read_metrics(Path(run_dir) / "metrics.csv")
-    (steps, losses), (_, seconds) = metrics["val/loss"], metrics["time/elapsed_s"]  # logged together
-    val = list(zip(steps, losses, seconds, strict=True))
-    reached = next(((step, seconds) for step, loss, seconds in val if loss <= target), None)
+        run = read_run(run_dir, target)
     return {
         "overrides": overrides,
         "wall_s": wall_s,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10,
-        "best_val_loss": min(loss for _, loss, _ in val),
-        "target": target,
-        "step_at_target": reached and reached[0],
-        "train_s_at_target": reached and reached[1],  # seconds after training started (start-up excluded)
-        "val_curve": val,
+        **{key: run[key] for key in ("best_val_loss", "target", "step_at_target", "train_s_at_target", "val_curve")},
     }
 
 

@@ -1,0 +1,116 @@
+"""scripts/gpu_report.sh: its arithmetic and planning by hand, its report's GPU sections from given figures, and
+the whole pipeline end to end in its CPU smoke mode."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+import bench
+
+from .conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "scripts" / "gpu_report.py")
+gpu_report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_report)
+
+
+def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():
+    model = OmegaConf.create({"arch": "gpt", "n_layer": 6, "block_size": 256, "n_embd": 384})
+    # 6 x 10M parameters + 12 x 6 layers x 256 positions x 384 wide = 60,000,000 + 7,077,888
+    assert bench.flops_per_token(model, 10_000_000) == 67_077_888
+    # 67,077,888 FLOP/token x 500,000 tokens/s = 33.538944 TFLOP/s, over an H100's 989 TFLOP/s: 3.3912%
+    assert bench.mfu_pct(67_077_888, 500_000, 989e12) == pytest.approx(3.39119, abs=1e-5)
+    assert bench.mfu_pct(67_077_888, 500_000, 989e12, devices=2) == pytest.approx(3.39119 / 2, abs=1e-5)
+    assert bench.mfu_pct(67_077_888, 500_000, None) is None
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),  # the SXM board
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA GeForce RTX 4090", None),  # not in the table: unknown, never a guess
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),  # a slice: not the whole GPU's peak
+        ("NVIDIA H100 NVL", None),
+    ],
+)
+def test_peak_bf16_flops_of_known_gpus_and_none_for_others(name, peak):
+    assert bench.peak_bf16_flops(name) == peak
+
+
+def test_the_recipe_runs_whole_when_it_fits_and_is_cut_to_whole_validations_when_not():
+    whole = {"steps": 5000, "val_every": 250, "cut": None}
+    assert gpu_report.plan_steps(5000, 250, ms_per_step=20, seconds=600) == whole
+    # 60 s start-up + 5000 x 20 ms x 1.25 = 185 s > 150 s left: (150 - 60) / 25 ms = 3600 steps, down to 3500
+    plan = gpu_report.plan_steps(5000, 250, ms_per_step=20, seconds=150)
+    assert plan["steps"] == 3500 and plan["val_every"] == 250
+    assert plan["cut"].startswith("trainer.max_steps 5,000 → 3,500 (to fit the budget: the probe measured 20.0 ms")
+    plan = gpu_report.plan_steps(5000, 250, requested=100)  # fewer than one validation interval: one at the end
+    assert plan["steps"] == plan["val_every"] == 100
+    assert plan["cut"] == "trainer.max_steps 5,000 → 100, trainer.val_check_interval 250 → 100 (--max-steps 100)"
+    assert gpu_report.plan_steps(5000, 250, requested=9000)["cut"] is None  # a budget, not an extension
+    assert gpu_report.plan_steps(5000, 250)["cut"] is None  # no probe, no budget: the recipe
+    assert gpu_report.duration(500) == "00:00:08:20"
+
+
+def test_the_gpu_sections_of_the_report_from_given_figures(tmp_path):
+    """What the report writes on a 2-GPU machine, from made-up inputs (no GPU here): MFU over the known peak, the
+    scaling efficiency against one GPU, and a run that the time guard stopped."""
+    cfg = bench.load_config(["model=small"])
+    run = {"ok": True, "command": "python train.py model=small", "wall_s": 200.0, "folder": "outputs/x",
+           "steps": 2000, "tokens_per_s": 1e6, "params": 10_000_000, "train_s_at_target": None,
+           "step_at_target": None, "best_val_loss": 1.5, "peak_memory_mb": 3000.0}  # fmt: skip
+    ddp = {**run, "steps": 200, "tokens_per_s": 1.8e6}
+    text = gpu_report.write_report(tmp_path / "r.md", {
+        "argv": [], "date": "today", "budget": "10 min", "smoke": False, "cfg": cfg, "target": 1.47,
+        "device_name": "NVIDIA H200", "peak": 989e12, "n_gpus": 2, "gpu_name": "NVIDIA H200", "visible": 2,
+        "data": "input.txt",
+        "cuts": [], "tests": {"command": "pytest", "outcome": "passed", "summary": "3 passed", "wall_s": 9, "log": "t"},
+        "probe": {"error": "RuntimeError: x", "steps": 50, "warmup": 10}, "main": run, "recipe": 5000,
+        "planned": 5000, "ddp": {"devices": 2, "batch": 128, "planned": 200, "run": ddp}, "total_s": 500,
+    })  # fmt: skip
+    fpt = bench.flops_per_token(cfg.model, 10_000_000)
+    assert f"| MFU | {100 * fpt * 1e6 / 989e12:.1f}% of 1 x 989 TFLOP/s" in text
+    assert f"| MFU | {100 * fpt * 1.8e6 / (2 * 989e12):.1f}% of 2 x 989 TFLOP/s" in text
+    assert "| scaling efficiency | 90% (1,800,000 / (2 x 1,000,000) tokens/s of step 2) |" in text
+    assert "| steps run | 2,000 of the recipe's 5,000, **stopped by the time guard** (5,000 planned) |" in text
+    assert "Throughput probe (bench.py, 50 steps): **failed**" in text
+    assert "| GPUs | NVIDIA H200 x 2 |" in text and "Skipped" not in text
+    assert (tmp_path / "r.md").read_text() == text
+
+
+@pytest.mark.slow
+def test_cpu_smoke_report_has_every_section_and_figure_and_says_what_was_cut(corpus_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    result = subprocess.run(
+        ["bash", ROOT / "scripts" / "gpu_report.sh", "--cpu-smoke", "--out", "report.md", f"data.path={corpus_path}"],
+        cwd=tmp_path, env={**env, "PYTHON": sys.executable}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    sections = ["# GPU report", "**CPU smoke run**", "## Machine", "## What was cut", "## 1. GPU tests",
+                "## 2. `model=small`, default settings (5,000-step recipe)", "## 3. DDP on every visible GPU"]
+    for section in sections:
+        assert section in report
+    assert "| GPUs | not used (--cpu-smoke); " in report and "| torch | " in report and "| CUDA | " in report
+    assert "`python -m pytest -q -m gpu tests`: **" in report
+    assert "- trainer.max_steps 5,000 → 4 (--cpu-smoke: a handful of steps)" in report  # the cut, stated
+    assert "- DDP step skipped: the CPU smoke run uses no GPU; DDP needs at least 2" in report
+    assert "**Skipped**: the CPU smoke run uses no GPU" in report
+    assert re.search(r"Throughput probe \(bench\.py's .*: [\d,]+ tokens/s, [\d.]+ ms/step, MFU n/a on CPU", report)
+    for row in [r"\| command \| `python train\.py hydra\.run\.dir=outputs/gpu_report/[\d_-]+/small model=small .*`",
+                r"\| steps run \| 4 of the recipe's 5,000 \(cut: see above\) \|", r"\| tokens/s \| [\d,]+ \(",
+                r"\| MFU \| n/a on CPU \|", r"\| time to val 1\.47 \| not reached \|", r"\| best val \| \d\.\d{4} \|",
+                r"\| peak memory \| [\d,]+ MB \(peak RSS of train\.py\) \|", r"\| wall time \| [\d,]+ s"]:  # fmt: skip
+        assert re.search(row, report), row
+    assert "not measured" not in report and "FAILED" not in report
+    (run_dir,) = (tmp_path / "outputs" / "gpu_report").glob("*/small")
+    assert (run_dir / "metrics.csv").exists() and (run_dir / "peak_memory_rank0.json").exists()
