@@ -5,6 +5,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
+from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
 WANDB_RUN_ID = "wandb_run_id"  # the checkpoint key under which WandbRun stores its run's id
 
@@ -16,12 +17,78 @@ def wandb_runs(trainer) -> list:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
 
+def in_root_forward(trainer, pl_module, fn):
+    """``fn()``, run inside the forward pass of the FSDP unit that wraps ``pl_module``; without FSDP, ``fn()``.
+
+    Lightning's FSDPStrategy makes the LightningModule itself the root FSDP unit: what the blocks' own units
+    leave (embeddings, final norm, head) lives in the root's flat parameter and is whole only during the
+    root's forward. After it FSDP points those parameters back at this rank's shard (with
+    ``use_orig_params``, Lightning's default, 1-D slices, some empty), so ``pl_module.model`` called from a
+    hook fails ("'weight' must be 2-D"); without ``use_orig_params`` they still point at the gathered buffer,
+    which the root keeps after a forward but frees after a backward. Going through the root's forward gathers
+    them as every training or validation step does (Lightning reroutes ``validation_step`` the same way: a
+    patched ``forward``, then a call of the wrapper). Each block inside gathers its own shards: every rank of
+    the group must make this call, with the same inputs.
+    """
+    wrapper = trainer.strategy.model
+    if not isinstance(wrapper, FullyShardedDataParallel) or wrapper.module is not pl_module:
+        return fn()
+    own = vars(pl_module).get("forward")  # a forward someone else set on the instance, kept as it was
+
+    def restore():
+        if own is None:
+            vars(pl_module).pop("forward", None)
+        else:
+            pl_module.forward = own
+
+    def forward():
+        restore()  # fn may call the real forward
+        return fn()
+
+    pl_module.forward = forward
+    try:
+        return wrapper()
+    finally:
+        restore()
+
+
+def gradient_shard_group(trainer):
+    """The process group across which FSDP splits every gradient, or None where each rank holds them whole.
+
+    None without FSDP (one device, DDP) and for FSDP's NO_SHARD; FSDP's process group (the world by default)
+    for FULL_SHARD and SHARD_GRAD_OP; the ranks of one node for the hybrid strategies, whose nodes hold replicas.
+    """
+    wrapper = trainer.strategy.model
+    if not isinstance(wrapper, FullyShardedDataParallel) or wrapper.sharding_strategy == ShardingStrategy.NO_SHARD:
+        return None
+    return wrapper.process_group
+
+
+def total_grad_norm(trainer, pl_module) -> torch.Tensor | None:
+    """The 2-norm of all gradients together, as if concatenated into one vector (None: there are none).
+
+    Under FSDP each rank holds a disjoint shard of the gradients, so its local norm is a part: the total is
+    the square root of the sum of the ranks' squared local norms, one all-reduce of a scalar in which every
+    rank of the group must join (also one whose shard holds no gradient).
+    """
+    local = grad_norm(pl_module, norm_type=2).get("grad_2.0_norm_total")
+    group = gradient_shard_group(trainer)
+    if group is None:
+        return local
+    squared = torch.zeros((), device=pl_module.device) if local is None else (local**2).to(pl_module.device)
+    return trainer.strategy.reduce(squared, group=group, reduce_op="sum").sqrt()
+
+
 class TextSample(L.Callback):
     """After each validation, sample text from the model so the user watches it learn.
 
     The sample starts from a newline, as in the lecture, and uses the same random draws every time, so
     successive samples differ only because the model changed. It is printed, appended to
     ``samples.txt`` in the run folder and, with W&B, added to one table (step, prompt, text) that grows.
+
+    Every rank samples, with the same seed, so the same text; only rank 0 shows and records it. A sharded
+    model (FSDP) computes by gathering each unit's shards from all ranks: a forward pass on rank 0 alone
+    would wait forever for the others.
     """
 
     def __init__(self, max_new_tokens: int = 200, seed: int = 0):
@@ -29,14 +96,22 @@ class TextSample(L.Callback):
         self.seed = seed
         self.table = None
 
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        tokenizer = pl_module.tokenizer
-        idx = torch.tensor([tokenizer.prompt_ids()], device=pl_module.device)
+    def sample(self, trainer, pl_module) -> str:
+        """The sample, prompt included. Every rank must call it (see ``in_root_forward``)."""
+        idx = torch.tensor([pl_module.tokenizer.prompt_ids()], device=pl_module.device)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        tokens = pl_module.model.generate(idx, self.max_new_tokens, generator=generator)  # still in eval mode
-        text = tokenizer.decode(tokens[0].tolist())
+        # Still in eval mode (after validation): no dropout.
+        tokens = in_root_forward(
+            trainer, pl_module, lambda: pl_module.model.generate(idx, self.max_new_tokens, generator=generator)
+        )
+        return pl_module.tokenizer.decode(tokens[0].tolist())
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        text = self.sample(trainer, pl_module)  # on every rank
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         pl_module.print(f"\n--- sample at step {step} ---{text}\n---")
         with open(Path(trainer.default_root_dir) / "samples.txt", "a", encoding="utf-8") as f:
@@ -49,7 +124,7 @@ class TextSample(L.Callback):
                     # INCREMENTAL: each log uploads only the new row, and W&B shows all rows as one table.
                     # A plain table is immutable: each validation would add a separate one-row table.
                     self.table = wandb.Table(columns=["step", "prompt", "text"], log_mode="INCREMENTAL")
-                prompt = tokenizer.decode(idx[0].tolist())
+                prompt = pl_module.tokenizer.decode(pl_module.tokenizer.prompt_ids())
                 self.table.add_data(step, prompt, text[len(prompt) :])
                 logger.log_metrics({"samples": self.table}, step=step)
 
@@ -68,9 +143,9 @@ class TrainingStats(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # this step will be logged
-            norms = grad_norm(pl_module, norm_type=2)
-            if norms:
-                pl_module.log("train/grad_norm", norms["grad_2.0_norm_total"])
+            norm = total_grad_norm(trainer, pl_module)  # under FSDP an all-reduce: every rank gets here
+            if norm is not None:
+                pl_module.log("train/grad_norm", norm)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.start is None:
