@@ -56,6 +56,17 @@ def two_processes(tmp_path_factory, corpus_path):
     return run_dir
 
 
+@pytest.mark.slow
+def test_four_processes_train_exactly_like_one_with_the_same_batch(one_process, tmp_path, corpus_path):
+    """`trainer.devices=4`, the design card's command, as 4 CPU processes over gloo: 2 chunks each."""
+    console = train(tmp_path, corpus_path, "trainer.max_steps=10", "trainer.devices=4")
+    assert "= 4 device(s) x 1 micro-batch(es) x 2 chunks" in console
+    one, four = val_losses(one_process), val_losses(tmp_path)
+    assert sorted(four) == [5, 10]
+    for step in four:
+        assert four[step] == pytest.approx(one[step], abs=TOLERANCE)
+
+
 def test_ranks_and_micro_batches_share_out_the_one_device_batch():
     data = torch.arange(1000)  # a chunk's first token tells where it starts
     whole, _ = next(iter(RandomBatches(data, 8, batch_size=12, seed=(1, 0), start=3)))  # step 3, one device
@@ -91,6 +102,7 @@ def test_batches_that_do_not_split_evenly_over_the_devices_are_refused(overrides
         trainer(*overrides)
 
 
+@pytest.mark.slow
 def test_two_processes_train_exactly_like_one_with_the_same_batch(one_process, two_processes):
     one, two = val_losses(one_process), val_losses(two_processes)
     assert sorted(two) == [5, 10]
@@ -99,6 +111,7 @@ def test_two_processes_train_exactly_like_one_with_the_same_batch(one_process, t
     assert (two_processes / "samples.txt").read_text().count("--- step") == 2  # written by rank 0 only
 
 
+@pytest.mark.slow
 def test_checkpoint_of_two_processes_resumes_on_one_at_its_step(one_process, two_processes, tmp_path, corpus_path):
     two_process_checkpoint = two_processes / "checkpoints" / "last.ckpt"
     model, _ = load_model(two_process_checkpoint)  # what sample.py does, on the CPU
@@ -117,6 +130,7 @@ def test_checkpoint_of_two_processes_resumes_on_one_at_its_step(one_process, two
         torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_multirun_over_ddp_gives_one_folder_checkpoint_and_log_per_job(tmp_path, corpus_path):
     """Without the fix in gpt.training.build_trainer each DDP child re-runs the sweep in folders of its own."""
     result = run_script(
