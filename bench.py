@@ -33,18 +33,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lightning.pytorch.loggers import CSVLogger
 
-from gpt.data import RandomBatches
-from gpt.lightning_module import GPTModule
-from gpt.model import build_model
-from gpt.plots import read_metrics
-from gpt.tracking import RESULT_FILE
-from gpt.trainer import allow_clipping_with_fused_optimizers
-from gpt.training import resolve_speed_settings
+from gpt.pretrain.data import RandomBatches
+from gpt.pretrain.lightning_module import GPTModule
+from gpt.core.model import build_model
+from gpt.pretrain.plots import read_metrics
+from gpt.pretrain.tracking import RESULT_FILE
+from gpt.core.config import compose_config
+from gpt.core.trainer import allow_clipping_with_fused_optimizers
+from gpt.pretrain.training import resolve_speed_settings
 
 ROOT = Path(__file__).resolve().parent
 VOCAB = [chr(i) for i in range(32, 97)]  # 65 symbols, the size of Tiny Shakespeare's vocabulary
@@ -66,8 +66,7 @@ PEAK_BF16_FLOPS = {
 
 
 def load_config(overrides: list[str]):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["output_dir=.", *overrides])
+    cfg = compose_config("train", overrides)
     resolve_speed_settings(cfg)
     return cfg
 

@@ -3,17 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from gpt.errors import UserError
+from gpt.core.job import run_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> str:
-    from gpt.evaluation import evaluate  # imported here so that --help answers without loading Lightning
+    from gpt.posttrain.evaluation import evaluate  # imported here so that --help answers without loading Lightning
 
-    try:
-        return evaluate(cfg)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+    return run_job(evaluate, cfg)
 
 
 if __name__ == "__main__":

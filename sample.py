@@ -3,16 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from gpt.errors import UserError
+from gpt.core.job import run_job
 from gpt.sampling import sample
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
-        sample(cfg)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+    run_job(sample, cfg)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from gpt.errors import UserError
+from gpt.core.job import run_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from gpt.training import train  # imported here so that --help answers without loading Lightning
+    from gpt.pretrain.training import train  # imported here so that --help answers without loading Lightning
 
-    try:
-        return train(cfg)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+    return run_job(train, cfg)
 
 
 if __name__ == "__main__":

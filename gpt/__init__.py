@@ -1,4 +1,4 @@
-"""A character-level GPT on Tiny Shakespeare: plain-PyTorch models (``gpt.model``) and the Lightning/Hydra
+"""A character-level GPT on Tiny Shakespeare: plain-PyTorch models (``gpt.core.model``) and the Lightning/Hydra
 pieces that train them."""
 
 import os

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gpt.checkpoint import load_model
-from gpt.errors import UserError
+from gpt.core.checkpoint import load_model
+from gpt.core.device import pick_device
+from gpt.core.errors import UserError
 
 
 def read_prompt(cfg: DictConfig) -> str:
@@ -20,14 +21,6 @@ def read_prompt(cfg: DictConfig) -> str:
         return Path(cfg.prompt_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read prompt_file={cfg.prompt_file}: {err}") from None
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} asked for, but no CUDA GPU is available: use device=cpu")
-    return name
 
 
 def save_attention_map(model, tokenizer, prompt_ids: list[int], path: str, layer: int, head: int) -> None:
@@ -81,7 +74,7 @@ def sample(cfg: DictConfig) -> None:
             raise UserError("attention_png draws attention over a prompt: give prompt=... or prompt_file=...")
         save_attention_map(model, tokenizer, start, cfg.attention_png, cfg.layer, cfg.head)
         return
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # here, not only in the job scaffold: sample() alone is reproducible too
     for i in range(cfg.num_samples):
         if i:
             print("\n" + "-" * 40)

@@ -2,13 +2,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from gpt.errors import UserError
-from gpt.lightning_module import GPTModule
-from gpt.training import check_config, resolve_speed_settings
+from gpt.core.config import compose_config
+from gpt.core.errors import UserError
+from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.training import check_config, resolve_speed_settings
 
 from .conftest import ROOT, run_script
 
@@ -18,8 +18,7 @@ OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for grou
 
 
 def compose_train(*overrides, output_dir="/tmp/unused"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"output_dir={output_dir}", *overrides])
+    return compose_config("train", overrides, output_dir=output_dir)
 
 
 @pytest.mark.parametrize("model", OPTIONS["model"])

@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from gpt.data import CharDataModule, RandomBatches, get_batch
-from gpt.errors import UserError
+from gpt.core.errors import UserError
+from gpt.pretrain.data import CharDataModule, RandomBatches, get_batch
 
 
 def make_datamodule(path, **kwargs):

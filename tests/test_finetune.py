@@ -7,13 +7,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from gpt.checkpoint import load_model, read_checkpoint
-from gpt.data import CharDataModule
-from gpt.errors import UserError
-from gpt.evaluation import evaluate
-from gpt.finetuning import encode_documents, finetune, load_qa
-from gpt.lightning_module import GPTModule
-from gpt.rlhf import answer_loss, load_reward_model
+from gpt.core.checkpoint import load_model, read_checkpoint
+from gpt.core.errors import UserError
+from gpt.posttrain.evaluation import evaluate
+from gpt.posttrain.finetuning import encode_documents, finetune, load_qa
+from gpt.posttrain.rlhf import answer_loss, load_reward_model
+from gpt.pretrain.data import CharDataModule
+from gpt.pretrain.lightning_module import GPTModule
 
 from .conftest import ROOT, make_corpus, run_script
 

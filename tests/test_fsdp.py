@@ -23,9 +23,9 @@ from lightning.pytorch.utilities import grad_norm
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from gpt.callbacks import TextSample, TrainingStats
-from gpt.lightning_module import GPTModule
-from gpt.model import Block
+from gpt.pretrain.callbacks import TextSample, TrainingStats
+from gpt.pretrain.lightning_module import GPTModule
+from gpt.core.model import Block
 
 WORLD_SIZE = 2
 TIMEOUT = datetime.timedelta(seconds=20)  # of each collective

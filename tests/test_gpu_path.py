@@ -1,7 +1,7 @@
 """What a GPU run executes, exercised on the CPU: bf16 autocast, fused AdamW, clipping, accumulation and
 torch.compile together; a dropout stream per rank; the learning rate logged without a sync per step.
 
-On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW (gpt.training.resolve_speed_settings).
+On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW (gpt.pretrain.training.resolve_speed_settings).
 All three run on a CPU too, so these tests force them there instead of skipping."""
 
 import csv
@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gpt.data import RandomBatches
-from gpt.errors import UserError
-from gpt.lightning_module import GPTModule
-from gpt.trainer import instantiate_trainer
-from gpt.training import resolve_speed_settings
+from gpt.core.errors import UserError
+from gpt.core.trainer import instantiate_trainer
+from gpt.pretrain.data import RandomBatches
+from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.training import resolve_speed_settings
 
 from .conftest import TINY_RUN, run_script
 from .test_config import compose_train

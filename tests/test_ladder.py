@@ -7,12 +7,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
-from gpt.errors import UserError
-from gpt.ladder import RUNGS, main
-from gpt.lightning_module import GPTModule
-from gpt.model import BigramLanguageModel, CausalAverage, CausalSelfAttention
+from gpt.core.errors import UserError
+from gpt.core.model import BigramLanguageModel, CausalAverage, CausalSelfAttention
+from gpt.pretrain.ladder import RUNGS, main
+from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.training import check_config
 from gpt.sampling import sample
-from gpt.training import check_config
 
 from .conftest import run_script
 from .test_config import compose_train

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gpt.model import GPT, BigramLanguageModel, build_model
+from gpt.core.model import GPT, BigramLanguageModel, build_model
 
 VOCAB = 65
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpt.qa import QAPair, Rater, extract_pairs
+from gpt.posttrain.qa import QAPair, Rater, extract_pairs
 
 PLAY = (
     "ROMEO:\nBut soft, what light\nthrough yonder window breaks?\n\n"

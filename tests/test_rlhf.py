@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt.finetuning import encode_documents, ranked_pairs
-from gpt.model import build_model
-from gpt.qa import QAPair, Rater
-from gpt.rlhf import (
+from gpt.core.model import build_model
+from gpt.core.tokenizer import CharTokenizer
+from gpt.posttrain.finetuning import encode_documents, ranked_pairs
+from gpt.posttrain.qa import QAPair, Rater
+from gpt.posttrain.rlhf import (
     RewardModel,
     answer_loss,
     at_answer,
@@ -23,8 +24,7 @@ from gpt.rlhf import (
     ppo_value_loss,
     sample_answers,
 )
-from gpt.stages import PPOModule, RewardModule, pairwise_accuracy
-from gpt.tokenizer import CharTokenizer
+from gpt.posttrain.stages import PPOModule, RewardModule, pairwise_accuracy
 
 TOKENIZER = CharTokenizer(sorted(set("QA: \nabcdefghijklmnopqrstuvwxyz.!?")))
 MODEL = {"arch": "gpt", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": False}

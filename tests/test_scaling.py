@@ -10,11 +10,11 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 
-from gpt.checkpoint import load_model
-from gpt.data import RandomBatches
-from gpt.errors import UserError
-from gpt.model import Block
-from gpt.training import build_trainer, check_config, resolve_speed_settings
+from gpt.core.checkpoint import load_model
+from gpt.core.errors import UserError
+from gpt.core.model import Block
+from gpt.pretrain.data import RandomBatches
+from gpt.pretrain.training import build_trainer, check_config, resolve_speed_settings
 
 from .conftest import TINY_RUN, run_script
 from .test_config import compose_train
@@ -132,7 +132,7 @@ def test_checkpoint_of_two_processes_resumes_on_one_at_its_step(one_process, two
 
 @pytest.mark.slow
 def test_multirun_over_ddp_gives_one_folder_checkpoint_and_log_per_job(tmp_path, corpus_path):
-    """Without the fix in gpt.training.build_trainer each DDP child re-runs the sweep in folders of its own."""
+    """Without the fix in gpt.pretrain.training.build_trainer each DDP child re-runs the sweep in folders of its own."""
     result = run_script(
         "train.py", "-m", "optim.lr=1e-3,3e-4", "trainer=ddp", *TWO_PROCESSES, f"data.path={corpus_path}",
         "hydra.sweep.dir=sweep", *RUN, "trainer.max_steps=4", "trainer.val_check_interval=2", cwd=tmp_path,

@@ -4,10 +4,10 @@ import lightning as L
 import pytest
 import torch
 
-from gpt.checkpoint import load_model
-from gpt.data import RandomBatches
-from gpt.lightning_module import GPTModule
-from gpt.model import GPT
+from gpt.core.checkpoint import load_model
+from gpt.core.model import GPT
+from gpt.pretrain.data import RandomBatches
+from gpt.pretrain.lightning_module import GPTModule
 
 from .conftest import run_script
 

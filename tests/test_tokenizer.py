@@ -1,7 +1,7 @@
 import pytest
 
-from gpt.errors import UserError
-from gpt.tokenizer import CharTokenizer
+from gpt.core.errors import UserError
+from gpt.core.tokenizer import CharTokenizer
 
 
 def test_vocabulary_is_the_sorted_set_of_characters():

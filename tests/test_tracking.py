@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from gpt.callbacks import WANDB_RUN_ID
+from gpt.core.loggers import WANDB_RUN_ID
 
 from .conftest import ROOT, TINY_RUN, run_script
 
@@ -161,7 +161,7 @@ def test_resuming_a_checkpoint_continues_its_wandb_run(wandb_run, corpus_path, t
 def test_a_job_that_fails_finishes_its_wandb_run_as_failed(tmp_path):
     import wandb
 
-    from gpt.tracking import wandb_run_finished
+    from gpt.core.loggers import wandb_run_finished
 
     with pytest.raises(RuntimeError, match="diverged"), wandb_run_finished():
         wandb.init(mode="offline", dir=tmp_path, project="test")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gpt.errors import UserError
-from gpt.lightning_module import GPTModule
+from gpt.core.errors import UserError
+from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.training import check_resumable
 from gpt.sampling import sample
-from gpt.training import check_resumable
 
 from .conftest import ROOT, TINY_RUN, run_script
 

@@ -1,72 +1,18 @@
-"""Experiment tracking around the training job: W&B runs, each run's result file, the summary of a sweep.
+"""Each training run's result file, and the summary of a sweep.
 
-Imported by Hydra for its callbacks in every train.py process, so it loads Lightning and W&B only when used.
+Imported by Hydra for its callbacks in every train.py process, so it loads nothing heavy.
 """
 
 import logging
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
-from hydra.utils import get_class, instantiate
-
-from gpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.yaml"  # in each run folder: what the run achieved, read by SweepSummary
 SUMMARY_FILE = "summary.md"  # in each sweep folder
-
-
-def instantiate_loggers(logger_cfg, ckpt_path=None) -> list:
-    """The loggers of ``cfg.logger``. Resuming from a checkpoint of a W&B run continues that W&B run."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    from gpt.callbacks import WANDB_RUN_ID
-    from gpt.checkpoint import read_checkpoint
-
-    loggers = []
-    for cfg in (logger_cfg or {}).values():
-        resume = {}
-        if issubclass(get_class(cfg._target_), WandbLogger):
-            check_wandb_login(cfg.get("mode"))
-            if ckpt_path and (run_id := read_checkpoint(ckpt_path).get(WANDB_RUN_ID)):
-                resume = {"id": run_id}  # WandbLogger asks wandb.init for resume="allow"
-        loggers.append(instantiate(cfg, **resume))
-    return loggers
-
-
-def check_wandb_login(mode) -> None:
-    """Online W&B without credentials would prompt for them in a terminal: stop with a message instead."""
-    import wandb
-
-    if mode == "online" and not wandb.login(prompt=False, verify=False):  # no prompt, no network
-        raise UserError(
-            "logger.wandb.mode=online needs a W&B login: run `wandb login` or set WANDB_API_KEY, or train "
-            "offline (the default) and upload with `wandb sync` later"
-        )
-
-
-@contextmanager
-def wandb_run_finished():
-    """Finish the W&B run when the block ends, as failed if it raised.
-
-    W&B keeps one run per process: without this, every job of a multirun after the first would log into
-    the first job's run.
-    """
-    try:
-        yield
-    except BaseException:
-        _finish_wandb(exit_code=1)
-        raise
-    _finish_wandb(exit_code=0)
-
-
-def _finish_wandb(exit_code: int) -> None:
-    if "wandb" in sys.modules:  # imported only by a W&B logger: nothing to finish otherwise
-        sys.modules["wandb"].finish(exit_code=exit_code)
 
 
 def write_result(run_dir, **result) -> Path:

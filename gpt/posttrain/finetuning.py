@@ -2,82 +2,23 @@
 
 import logging
 import random
-from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt.checkpoint import load_model, read_checkpoint
-from gpt.data import CharDataModule
-from gpt.errors import UserError
-from gpt.model import GPT
-from gpt.qa import STOP, QAPair, Rater, extract_pairs, prompt_length
-from gpt.rlhf import join, length_mask, load_reward_model, pad_right, sample_answers
-from gpt.stages import PPOModule, RewardModule, SFTModule, pairwise_accuracy
-from gpt.tokenizer import CharTokenizer
-from gpt.trainer import instantiate_trainer
+from gpt.core.checkpoint import read_checkpoint
+from gpt.core.errors import UserError
+from gpt.core.loggers import instantiate_loggers
+from gpt.core.trainer import instantiate_trainer
+from gpt.posttrain.qa import prompt_length
+from gpt.posttrain.qa_data import QAData, encode_documents, load_gpt, load_qa, sample_rated
+from gpt.posttrain.rlhf import join, load_reward_model
+from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule, pairwise_accuracy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class QAData:
-    train: list[QAPair]
-    heldout: list[QAPair]
-    rater: Rater  # its known words come from the training part of the text only
-
-
-def load_qa(cfg: DictConfig) -> QAData:
-    """The corpus's Q/A pairs, split like pre-training's text, and the rater."""
-    datamodule = CharDataModule(path=cfg.data.path, train_fraction=cfg.data.train_fraction)
-    datamodule.prepare_data()  # a missing file, or the download, fails here with a one-line error
-    datamodule.setup()  # and a file that is not UTF-8 here
-    text = datamodule.text_path.read_text(encoding="utf-8")
-    train, heldout = extract_pairs(text, cfg.data.train_fraction, cfg.qa.max_question_chars, cfg.qa.max_answer_chars)
-    if not train or not heldout:
-        raise UserError(
-            f"{datamodule.text_path} gives {len(train)} training and {len(heldout)} held-out question/answer "
-            "pairs: it needs speeches (a 'NAME:' line, lines, a blank line) in both parts"
-        )
-    return QAData(train, heldout, Rater.from_text(text[: int(cfg.data.train_fraction * len(text))]))
-
-
-def load_gpt(path, device="cpu") -> tuple[GPT, CharTokenizer]:
-    """A language model checkpoint (pre-trained, SFT or PPO) with a GPT in it: what the stages start from."""
-    if "model.head.weight" in read_checkpoint(path)["state_dict"]:
-        raise UserError(f"{path} is a reward model; give a language model (train.py, stage=sft or stage=ppo)")
-    model, tokenizer = load_model(path, device)
-    if not isinstance(model, GPT):
-        raise UserError(f"{path} holds a {type(model).__name__}; fine-tuning needs a GPT (model=tiny or larger)")
-    if STOP not in tokenizer.stoi:
-        raise UserError(f"{path}: its vocabulary has no newline, the stop character of answers")
-    return model, tokenizer
-
-
-def encode_documents(pairs: list[QAPair], tokenizer: CharTokenizer):
-    """Inputs, targets and answer mask (N, T) of the pairs' documents: targets after the prompt count."""
-    documents = pad_right([tokenizer.encode(pair.document) for pair in pairs])
-    lengths = torch.tensor([len(pair.document) for pair in pairs])
-    prompt_lengths = torch.tensor([len(pair.prompt) for pair in pairs])
-    width = documents.size(1) - 1
-    # Target j is document character j + 1: an answer character (or the stop) from the prompt's end on.
-    mask = length_mask(lengths - 1, width) & ~length_mask(prompt_lengths - 1, width)
-    return documents[:, :-1], documents[:, 1:], mask
-
-
-def sample_rated(model: GPT, tokenizer, pairs: list[QAPair], rater: Rater, samples=1, temperature=1.0, seed=0):
-    """``samples`` answers to each pair's question (rows i*samples .. i*samples+samples-1), with ratings."""
-    prompts = [tokenizer.encode(pair.prompt) for pair in pairs for _ in range(samples)]
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    answers = sample_answers(model, prompts, tokenizer.stoi[STOP], temperature, generator)
-    texts = answers.texts(tokenizer)
-    return prompts, answers, texts, [rater.rate(t, s) for t, s in zip(texts, answers.stopped.tolist())]
 
 
 def ranked_pairs(scores: list[float], group_size: int) -> list[tuple[int, int]]:
@@ -142,13 +83,11 @@ def finetune(cfg: DictConfig) -> str:
     check_config(cfg)
     policy, tokenizer = load_gpt(cfg.init_from)
     check_config(cfg, policy.block_size)
-    logging.getLogger("lightning").handlers.clear()  # see gpt.training: otherwise every message shows twice
-    L.seed_everything(cfg.seed, workers=True)
     qa = load_qa(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     model_cfg = read_checkpoint(cfg.init_from)["hyper_parameters"]["model"]
 
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    loggers = instantiate_loggers(cfg.logger)  # checks the W&B login before anything trains
     trainer = instantiate_trainer(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
     if trainer.world_size > 1:
         # Each stage would do the same work on every device: the same batches, the same sampled answers.

@@ -7,7 +7,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
-WANDB_RUN_ID = "wandb_run_id"  # the checkpoint key under which WandbRun stores its run's id
+from gpt.core.loggers import WANDB_RUN_ID
 
 
 def wandb_runs(trainer) -> list:

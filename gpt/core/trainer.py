@@ -29,7 +29,7 @@ class ClippableMixedPrecision(MixedPrecision):
     and so nothing to unscale: with the GPU defaults (bf16-mixed, fused AdamW, clipping) every run died at its
     first step (Lightning issue #21435). Upstream fixed it in PR #21436 by refusing only when a scaler is in
     use; this is that fix, until a Lightning release carries it. Under 16-mixed the refusal stands: there the
-    gradients are still scaled when they would be clipped (``gpt.training`` says so before anything runs).
+    gradients are still scaled when they would be clipped (``gpt.pretrain.training`` says so before anything runs).
     """
 
     def clip_gradients(self, optimizer, clip_val=0.0, gradient_clip_algorithm=GradClipAlgorithmType.NORM):

@@ -1,6 +1,6 @@
-"""The lecture's ladder, trained rung by rung: python -m gpt.ladder [--rungs 1-8] [--steps N] [override ...]
+"""The lecture's ladder, trained rung by rung: python -m gpt.pretrain.ladder [--rungs 1-8] [--steps N] [override ...]
 
-Every rung of ``conf/model/ladder/`` (README, "The ladder") trains through ``gpt.training.train``, the job
+Every rung of ``conf/model/ladder/`` (README, "The ladder") trains through ``gpt.pretrain.training.train``, the job
 behind ``python train.py model=ladder/<rung>``, with one shared budget, so that the losses differ only by
 the model: the same steps, batch size, seed and loss estimates, and the same learning-rate schedule (a
 warmup over the first 2% of the steps, then a cosine down to a tenth of the peak). The peak learning rate
@@ -18,14 +18,14 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
-from gpt.checkpoint import load_model
-from gpt.errors import UserError
-from gpt.plots import read_metrics
+from gpt.core.checkpoint import load_model
+from gpt.core.config import CONF, compose_config
+from gpt.core.errors import UserError
+from gpt.core.job import run_job
+from gpt.pretrain.plots import read_metrics
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 RUNGS = {int(p.stem.split("_")[0]): p.stem for p in (CONF / "model" / "ladder").glob("*.yaml")}  # 4: "4_single_head"
 
 
@@ -61,15 +61,14 @@ def shared_budget(steps: int, batch_size: int, evals: int) -> list[str]:
 def train_rung(rung: str, overrides: list[str], run_dir: Path) -> dict:
     """Train one rung in this process, as train.py would; return its row of the table and its val curve."""
     # Imported here, so that --help and bad arguments answer without loading Lightning.
-    from gpt.training import train
+    from gpt.pretrain.training import train
 
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("train", overrides=[f"model=ladder/{rung}", *overrides, f"output_dir={run_dir}"])
+        cfg = compose_config("train", [f"model=ladder/{rung}", *overrides], output_dir=str(run_dir))
     except HydraException as err:
         raise UserError(f"{err}".splitlines()[0]) from None
     start = time.perf_counter()
-    train(cfg)
+    run_job(train, cfg)  # seeded from cfg.seed, as train.py runs it
     seconds = time.perf_counter() - start
 
     metrics = read_metrics(run_dir / "metrics.csv")
@@ -114,7 +113,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m gpt.ladder",
+        prog="python -m gpt.pretrain.ladder",
         description="Train the ladder's rungs (conf/model/ladder/) with one shared budget; write a table and a plot.",
     )
     parser.add_argument("--rungs", default=f"1-{max(RUNGS)}", help="which rungs, e.g. 1-8 or 1,4,9 (default: all)")

@@ -2,7 +2,7 @@
 
 Each extends ``GPTModule``, so its checkpoint has the same model config, vocabulary and run config; the SFT
 and PPO checkpoints hold only the language model's weights (under ``model.``) and load with
-``gpt.checkpoint.load_model`` like a pre-trained one.
+``gpt.core.checkpoint.load_model`` like a pre-trained one.
 """
 
 import copy
@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from gpt.lightning_module import GPTModule
-from gpt.qa import STOP, Rater, Rating
-from gpt.rlhf import (
+from gpt.core.report import markdown_table
+from gpt.posttrain.qa import STOP, Rater, Rating
+from gpt.posttrain.rlhf import (
     RewardModel,
     answer_loss,
     at_answer,
@@ -30,12 +30,13 @@ from gpt.rlhf import (
     token_logprobs,
     whiten,
 )
+from gpt.pretrain.lightning_module import GPTModule
 
 
 class SFTModule(GPTModule):
     """Supervised fine-tuning on Q/A documents: the loss counts the answer's characters (and stop) only.
 
-    Batches are (inputs, targets, answer mask), see ``gpt.finetuning.encode_documents``.
+    Batches are (inputs, targets, answer mask), see ``gpt.posttrain.finetuning.encode_documents``.
     """
 
     def training_step(self, batch, batch_idx):
@@ -246,10 +247,3 @@ class PPOModule(GPTModule):
         # Only the policy: the checkpoint is a language model that sample.py and load_model read.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         checkpoint["ppo_history"] = self.history
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def cells(row):
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |"
-
-    return "\n".join([cells(header), cells(["---"] * len(header)), *map(cells, rows)]) + "\n"

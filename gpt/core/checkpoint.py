@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from gpt.errors import UserError
-from gpt.model import LanguageModel, build_model
-from gpt.tokenizer import CharTokenizer
+from gpt.core.errors import UserError
+from gpt.core.model import LanguageModel, build_model
+from gpt.core.tokenizer import CharTokenizer
 
 
 def read_checkpoint(path) -> dict:

@@ -1,4 +1,4 @@
-from gpt.errors import UserError
+from gpt.core.errors import UserError
 
 
 class CharTokenizer:

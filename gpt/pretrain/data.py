@@ -10,11 +10,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt.errors import UserError
-from gpt.tokenizer import CharTokenizer
+from gpt.core.errors import UserError
+from gpt.core.tokenizer import CharTokenizer
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-PROJECT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+PROJECT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
@@ -43,6 +43,16 @@ def micro_batch_size(batch_size: int, world_size: int, accumulation: int) -> int
             f"x trainer.accumulate_grad_batches = {world_size} x {accumulation}; change one of them"
         )
     return micro
+
+
+def read_text(path: Path) -> str:
+    """The corpus file's text, or a one-line error if it is missing or not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"data file {path} does not exist: run prepare_data() first") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 class RandomBatches:
@@ -137,12 +147,7 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage=None):
         if self.tokenizer is not None:  # train.py sets up early to learn the vocabulary; Lightning calls again
             return
-        try:
-            text = self.text_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError(f"data file {self.text_path} does not exist: run prepare_data() first") from None
-        except UnicodeDecodeError as err:
-            raise UserError(f"{self.text_path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        text = read_text(self.text_path)
         self.tokenizer = CharTokenizer.from_text(text)
         data = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         n_train = int(self.train_fraction * len(data))

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gpt.checkpoint import read_checkpoint
-from gpt.errors import UserError
-from gpt.model import GPT, build_model
+from gpt.core.checkpoint import read_checkpoint
+from gpt.core.errors import UserError
+from gpt.core.model import GPT, build_model
 
 
 def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:

@@ -8,11 +8,13 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from gpt.checkpoint import read_checkpoint
-from gpt.errors import UserError
-from gpt.finetuning import QAData, encode_documents, load_gpt, load_qa, sample_rated
-from gpt.qa import Rating
-from gpt.rlhf import (
+from gpt.core.checkpoint import read_checkpoint
+from gpt.core.device import pick_device
+from gpt.core.errors import UserError
+from gpt.core.report import markdown_table
+from gpt.posttrain.qa import Rating
+from gpt.posttrain.qa_data import QAData, encode_documents, load_gpt, load_qa, sample_rated
+from gpt.posttrain.rlhf import (
     answer_loss,
     at_answer,
     join,
@@ -20,8 +22,6 @@ from gpt.rlhf import (
     length_mask,
     load_reward_model,
 )
-from gpt.sampling import pick_device
-from gpt.stages import markdown_table
 
 log = logging.getLogger(__name__)
 

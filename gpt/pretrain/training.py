@@ -17,14 +17,15 @@ from lightning.pytorch.strategies.launchers import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from gpt.checkpoint import load_model, read_checkpoint
-from gpt.data import micro_batch_size
-from gpt.errors import UserError
-from gpt.lightning_module import GPTModule
-from gpt.model import ARCHITECTURES, MIXERS
-from gpt.plots import plot_losses
-from gpt.tracking import instantiate_loggers, wandb_run_finished, write_result
-from gpt.trainer import instantiate_trainer
+from gpt.core.checkpoint import load_model, read_checkpoint
+from gpt.core.errors import UserError
+from gpt.core.loggers import instantiate_loggers
+from gpt.core.model import ARCHITECTURES, MIXERS
+from gpt.core.trainer import instantiate_trainer
+from gpt.pretrain.data import micro_batch_size
+from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.plots import plot_losses
+from gpt.pretrain.tracking import write_result
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,6 @@ def train(cfg: DictConfig) -> float:
     """Train as ``cfg`` says; returns the best validation loss (the value a sweep minimises)."""
     check_config(cfg)
     resolve_speed_settings(cfg)
-    # `import lightning` gives its logger a console handler of its own: under Hydra's logging, which already
-    # prints to the console and train.log, that shows every Lightning message twice.
-    logging.getLogger("lightning").handlers.clear()
-    L.seed_everything(cfg.seed, workers=True)
     config = OmegaConf.to_container(cfg, resolve=True)
 
     datamodule = instantiate(cfg.data)
@@ -195,10 +192,9 @@ def train(cfg: DictConfig) -> float:
     loggers = instantiate_loggers(cfg.logger, cfg.ckpt_path)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     trainer = build_trainer(cfg, loggers, callbacks)
-    with wandb_run_finished():  # one W&B run per job, also in a multirun; marked failed if training fails
-        for logger in loggers:
-            logger.log_hyperparams(config)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     recover_spawned_fit(trainer)
 
     best = trainer.checkpoint_callback

@@ -1,4 +1,4 @@
-"""The LightningModule: trains any model of gpt.model with AdamW and a warmup + cosine schedule."""
+"""The LightningModule: trains any model of gpt.core.model with AdamW and a warmup + cosine schedule."""
 
 import logging
 import math
@@ -9,8 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from gpt.model import build_model
-from gpt.tokenizer import CharTokenizer
+from gpt.core.model import build_model
+from gpt.core.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: floa
 
 
 class GPTModule(L.LightningModule):
-    """Wraps a language model of gpt.model.
+    """Wraps a language model of gpt.core.model.
 
     Its hyperparameters (model config, optimizer config, vocabulary) are plain data stored in every
     checkpoint, so a checkpoint alone rebuilds the model and tokenizer. ``run_config``, the whole config of

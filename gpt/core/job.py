@@ -1,0 +1,31 @@
+"""The scaffold every entry point runs its job in (train.py, sample.py, finetune.py, evaluate.py)."""
+
+import logging
+import random
+
+import torch
+from omegaconf import DictConfig
+
+from gpt.core.errors import UserError
+from gpt.core.loggers import wandb_run_finished
+
+
+def run_job(job, cfg: DictConfig):
+    """``job(cfg)``, run as every entry point runs it; returns what the job returns (a sweep minimises it).
+
+    - Lightning's messages appear once: ``import lightning`` gives its logger a console handler of its own,
+      and under Hydra's logging, which already prints to the console and the run's log file, every message
+      would show twice.
+    - ``cfg.seed`` seeds Python's and torch's generators (on every device) before the job builds anything.
+    - A W&B run the job started is finished when it ends, as failed if it raised: W&B keeps one run per
+      process, and every job of a multirun after the first would otherwise log into the first one's run.
+    - A ``UserError`` ends the process with one line, ``error: ...``, and no traceback.
+    """
+    logging.getLogger("lightning").handlers.clear()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    try:
+        with wandb_run_finished():
+            return job(cfg)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None

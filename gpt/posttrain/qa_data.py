@@ -1,0 +1,69 @@
+"""The Q/A data every post-training job reads: the corpus's question/answer pairs, split like pre-training's
+text, the rater, the pairs' documents as tensors, and answers sampled and rated."""
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from gpt.core.checkpoint import load_model, read_checkpoint
+from gpt.core.errors import UserError
+from gpt.core.model import GPT
+from gpt.core.tokenizer import CharTokenizer
+from gpt.posttrain.qa import STOP, QAPair, Rater, extract_pairs
+from gpt.posttrain.rlhf import length_mask, pad_right, sample_answers
+from gpt.pretrain.data import CharDataModule, read_text
+
+
+@dataclass
+class QAData:
+    train: list[QAPair]
+    heldout: list[QAPair]
+    rater: Rater  # its known words come from the training part of the text only
+
+
+def load_qa(cfg: DictConfig) -> QAData:
+    """The corpus's Q/A pairs, split like pre-training's text, and the rater."""
+    datamodule = CharDataModule(path=cfg.data.path, train_fraction=cfg.data.train_fraction)
+    datamodule.prepare_data()  # a missing file, or the download, fails here with a one-line error
+    text = read_text(datamodule.text_path)  # and a file that is not UTF-8 here
+    train, heldout = extract_pairs(text, cfg.data.train_fraction, cfg.qa.max_question_chars, cfg.qa.max_answer_chars)
+    if not train or not heldout:
+        raise UserError(
+            f"{datamodule.text_path} gives {len(train)} training and {len(heldout)} held-out question/answer "
+            "pairs: it needs speeches (a 'NAME:' line, lines, a blank line) in both parts"
+        )
+    return QAData(train, heldout, Rater.from_text(text[: int(cfg.data.train_fraction * len(text))]))
+
+
+def encode_documents(pairs: list[QAPair], tokenizer: CharTokenizer):
+    """Inputs, targets and answer mask (N, T) of the pairs' documents: targets after the prompt count."""
+    documents = pad_right([tokenizer.encode(pair.document) for pair in pairs])
+    lengths = torch.tensor([len(pair.document) for pair in pairs])
+    prompt_lengths = torch.tensor([len(pair.prompt) for pair in pairs])
+    width = documents.size(1) - 1
+    # Target j is document character j + 1: an answer character (or the stop) from the prompt's end on.
+    mask = length_mask(lengths - 1, width) & ~length_mask(prompt_lengths - 1, width)
+    return documents[:, :-1], documents[:, 1:], mask
+
+
+def sample_rated(model: GPT, tokenizer, pairs: list[QAPair], rater: Rater, samples=1, temperature=1.0, seed=0):
+    """``samples`` answers to each pair's question (rows i*samples .. i*samples+samples-1), with ratings."""
+    prompts = [tokenizer.encode(pair.prompt) for pair in pairs for _ in range(samples)]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    answers = sample_answers(model, prompts, tokenizer.stoi[STOP], temperature, generator)
+    texts = answers.texts(tokenizer)
+    return prompts, answers, texts, [rater.rate(t, s) for t, s in zip(texts, answers.stopped.tolist())]
+
+
+def load_gpt(path, device="cpu") -> tuple[GPT, CharTokenizer]:
+    """A language model checkpoint (pre-trained, SFT or PPO) with a GPT in it: what the stages start from."""
+    if "model.head.weight" in read_checkpoint(path)["state_dict"]:
+        raise UserError(f"{path} is a reward model; give a language model (train.py, stage=sft or stage=ppo)")
+    model, tokenizer = load_model(path, device)
+    if not isinstance(model, GPT):
+        raise UserError(f"{path} holds a {type(model).__name__}; fine-tuning needs a GPT (model=tiny or larger)")
+    if STOP not in tokenizer.stoi:
+        raise UserError(f"{path}: its vocabulary has no newline, the stop character of answers")
+    return model, tokenizer
