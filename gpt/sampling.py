@@ -65,6 +65,9 @@ def sample(cfg: DictConfig) -> None:
         raise UserError(f"temperature={cfg.temperature} must be > 0 (or 0 for greedy decoding)")
     if cfg.top_k is not None and cfg.top_k < 1:
         raise UserError(f"top_k={cfg.top_k} must be >= 1 (or null for no cut-off)")
+    for key in ("max_new_tokens", "num_samples"):
+        if cfg[key] < 1:
+            raise UserError(f"{key}={cfg[key]} must be >= 1")
     device = pick_device(cfg.device)
     model, tokenizer = load_model(cfg.ckpt, device)
     prompt = read_prompt(cfg)
