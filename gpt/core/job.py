@@ -2,6 +2,7 @@
 
 import logging
 import random
+import warnings
 
 import torch
 from omegaconf import DictConfig
@@ -22,6 +23,7 @@ def run_job(job, cfg: DictConfig):
     - A ``UserError`` ends the process with one line, ``error: ...``, and no traceback.
     """
     logging.getLogger("lightning").handlers.clear()
+    quiet_upstream_noise()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     try:
@@ -29,3 +31,15 @@ def run_job(job, cfg: DictConfig):
             return job(cfg)
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def quiet_upstream_noise() -> None:
+    """Drop the few upstream messages that tell a user nothing about their run, each by its own text."""
+    # Lightning 2.6.6 advertises its paid logger on every run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
+    )
+    # Lightning 2.6.6 calls an API that torch 2.13 deprecates (lightning/pytorch/utilities/_pytree.py).
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # The CSV logger writes into the run folder, which Hydra has already filled with its config and log.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")

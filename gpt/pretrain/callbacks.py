@@ -1,13 +1,18 @@
+import logging
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
 from gpt.core.loggers import WANDB_RUN_ID
+
+log = logging.getLogger(__name__)
 
 
 def wandb_runs(trainer) -> list:
@@ -141,6 +146,11 @@ class TrainingStats(L.Callback):
         self.start = None  # when the current timing window began; None: at the next training batch
         self.tokens = 0
 
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            model = pl_module.model
+            log.info(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:  # this step will be logged
             norm = total_grad_norm(trainer, pl_module)  # under FSDP an all-reduce: every rank gets here
@@ -155,7 +165,7 @@ class TrainingStats(L.Callback):
         self.tokens += batch[0].numel() * trainer.world_size  # a shape: no sync
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if stepped and trainer.global_step % trainer.log_every_n_steps == 0:
-            pl_module.log("train/tokens_per_sec", self.tokens / (time.perf_counter() - self.start))
+            pl_module.log("train/tokens_per_sec", self.tokens / (time.perf_counter() - self.start), prog_bar=True)
             self.start = None
 
     def on_validation_start(self, trainer, pl_module):
@@ -182,3 +192,25 @@ class WandbRun(L.Callback):
         for run in wandb_runs(trainer):
             if best is not None:
                 run.summary["val/best_loss"] = float(best)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, for a run counted in steps: one bar, "step" instead of "Epoch 0" (there are no
+    epochs), showing the train loss, the last val loss and tokens/s; validation draws no bars of its own."""
+
+    @property
+    def train_description(self) -> str:
+        return "step"
+
+    def on_train_epoch_start(self, trainer, *args):  # Lightning's, without its "Epoch N" description
+        self.train_progress_bar.reset(convert_inf(self.total_train_batches))
+        self.train_progress_bar.initial = 0
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def get_metrics(self, trainer, pl_module):
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}

@@ -1,0 +1,15 @@
+"""What a person reads while a run trains: progress by step, no upstream advertisements or deprecation noise."""
+
+from .conftest import TINY_RUN, run_script
+
+
+def test_the_console_shows_steps_losses_and_speed_and_no_upstream_noise(tmp_path, corpus_path):
+    steps = ["trainer.max_steps=10", "trainer.val_check_interval=5", "optim.warmup_steps=0"]
+    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={tmp_path}", *TINY_RUN, *steps)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for noise in ("litlogger", "LeafSpec", "FLOPs", "Epoch", "exists and is not empty", "Validation DataLoader"):
+        assert noise not in console
+    assert "step: 100%" in console
+    for shown in ("train/loss=", "val/loss=", "train/tokens_per_sec=", "model: GPT, "):
+        assert shown in console
