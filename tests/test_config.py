@@ -55,7 +55,7 @@ def test_every_logger_and_callback_config_instantiates(logger, tmp_path):
     loggers = [type(instantiate(c)).__name__ for c in (cfg.logger or {}).values()]
     assert loggers == {"csv": ["CSVLogger"], "wandb": ["CSVLogger", "WandbLogger"], "none": []}[logger]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    names = ["ModelCheckpoint", "TextSample", "TQDMProgressBar", "TrainingStats", "WandbRun"]
+    names = ["ModelCheckpoint", "TextSample", "StepProgressBar", "TrainingStats", "WandbRun"]
     assert [type(c).__name__ for c in callbacks] == names
     assert Path(callbacks[0].dirpath) == tmp_path / "checkpoints"
 
