@@ -124,7 +124,7 @@ def probe(device, overrides: list[str], smoke: bool) -> dict:
     steps, warmup = SMOKE_PROBE if smoke else (50, 10)
     try:
         result = bench.bench_throughput("small", device, steps, warmup, overrides=overrides, plain=False)
-    except Exception as err:  # noqa: BLE001  (reported, and the run goes on without a cut estimate)
+    except Exception as err:  # reported, and the run goes on without a cut estimate
         return {"error": f"{type(err).__name__}: {err}", "steps": steps, "warmup": warmup}
     return {**result, "steps": steps, "warmup": warmup}
 
@@ -191,8 +191,11 @@ def write_report(path: Path, r: dict) -> str:
     command = shlex.join(["scripts/gpu_report.sh", *r["argv"]])
     lines += [f"`{command}` on {r['date']}: {r['total_s']:,.0f} s in all (budget: {r['budget']}).", ""]
     if r["smoke"]:
-        lines += ["**CPU smoke run** (`--cpu-smoke`): the report's pipeline with a tiny model and a few steps on",
-                  "the CPU. It checks the script; its figures are not results, and it holds no GPU figure.", ""]
+        lines += [
+            "**CPU smoke run** (`--cpu-smoke`): the report's pipeline with a tiny model and a few steps on",
+            "the CPU. It checks the script; its figures are not results, and it holds no GPU figure.",
+            "",
+        ]
 
     lines += ["## Machine", "", "| | |", "| --- | --- |"]
     gpus = f"{r['gpu_name']} x {r['n_gpus']}" if r["n_gpus"] else "none visible"
@@ -218,8 +221,11 @@ def write_report(path: Path, r: dict) -> str:
 
     main, p = r["main"], r["probe"]
     lines += [f"## 2. `model=small`, default settings ({r['recipe']:,}-step recipe)", ""]
-    lines += [f"Speed settings as resolved here: precision {cfg.trainer.precision}, compile {cfg.compile}, "
-              f"fused AdamW {cfg.optim.fused}; batch {cfg.data.batch_size} x {cfg.model.block_size} tokens.", ""]
+    lines += [
+        f"Speed settings as resolved here: precision {cfg.trainer.precision}, compile {cfg.compile}, "
+        f"fused AdamW {cfg.optim.fused}; batch {cfg.data.batch_size} x {cfg.model.block_size} tokens.",
+        "",
+    ]
     if "error" in p:
         lines += [f"Throughput probe (bench.py, {p['steps']} steps): **failed**, no cut estimated: `{p['error']}`", ""]
     else:
@@ -321,7 +327,7 @@ def main() -> int:
             cuts.append(f"DDP run: {args.ddp_steps:,} → {steps:,} steps, to fit the {left:.0f} s left of the budget")
         ddp_overrides = [*overrides, f"trainer.devices={n_gpus}", f"data.batch_size={batch}",
                          f"data.eval_chunks={chunks}", f"trainer.max_steps={steps}",
-                         f"trainer.val_check_interval={steps}"]  # fmt: skip (one validation, at the end)
+                         f"trainer.val_check_interval={steps}"]  # fmt: skip  # one validation, at the end
         print(f"[{elapsed():.0f} s] 3. DDP on {n_gpus} GPUs, {steps} steps", flush=True)
         run = train_run("ddp", runs / "ddp", ddp_overrides, args.target)
         ddp = {"devices": n_gpus, "batch": batch, "planned": steps, "run": run}

@@ -61,8 +61,3 @@ def run_script(script: str, *args: str, cwd=ROOT, timeout: int = 300) -> subproc
         text=True,
         timeout=timeout,
     )
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test of a minute or so (multi-node emulation); -m 'not slow' skips it")
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; scripts/gpu_report.sh runs these (pytest -m gpu)")

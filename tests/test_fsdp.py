@@ -169,9 +169,7 @@ def unsharded_sample() -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("use_orig_params", [True, False], ids=["orig_params", "flat_params"])
-def test_every_rank_samples_the_unsharded_models_text_under_fsdp_and_only_rank_0_records_it(
-    tmp_path, use_orig_params
-):
+def test_every_rank_samples_the_unsharded_models_text_under_fsdp_and_only_rank_0_records_it(tmp_path, use_orig_params):
     # use_orig_params=True is Lightning's default: after a forward the root's own parameters (embeddings, head)
     # are this rank's 1-D shard, and the model outside the root's forward fails. With False they still point at
     # the gathered buffer, and a forward on rank 0 alone gathers block shards that no other rank sends: it waits

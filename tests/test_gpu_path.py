@@ -1,8 +1,9 @@
 """What a GPU run executes, exercised on the CPU: bf16 autocast, fused AdamW, clipping, accumulation and
 torch.compile together; a dropout stream per rank; the learning rate logged without a sync per step.
 
-On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW (gpt.pretrain.training.resolve_speed_settings).
-All three run on a CPU too, so these tests force them there instead of skipping."""
+On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW
+(gpt.pretrain.training.resolve_speed_settings). All three run on a CPU too, so these tests force them
+there instead of skipping."""
 
 import csv
 
@@ -68,7 +69,9 @@ def test_16_mixed_with_fused_adamw_and_clipping_is_refused_in_one_line():
     cfg = compose_train("trainer.precision=16-mixed", "optim.fused=true")
     with pytest.raises(UserError, match="use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=0"):
         resolve_speed_settings(cfg)
-    resolve_speed_settings(compose_train("trainer.precision=16-mixed", "optim.fused=true", "trainer.gradient_clip_val=0"))
+    resolve_speed_settings(
+        compose_train("trainer.precision=16-mixed", "optim.fused=true", "trainer.gradient_clip_val=0")
+    )
 
 
 def test_learning_rate_is_logged_on_the_logged_steps_only(monkeypatch):
@@ -83,7 +86,9 @@ def test_learning_rate_is_logged_on_the_logged_steps_only(monkeypatch):
 
     monkeypatch.setattr(GPTModule, "log", spy)
     trainer = instantiate_trainer(trainer_cfg(max_steps=12, log_every_n_steps=4))
-    trainer.fit(GPTModule(MODEL, OPTIM, VOCAB), train_dataloaders=RandomBatches(torch.randint(20, (500,)), 16, 4, seed=0))
+    trainer.fit(
+        GPTModule(MODEL, OPTIM, VOCAB), train_dataloaders=RandomBatches(torch.randint(20, (500,)), 16, 4, seed=0)
+    )
     assert logged_at == [3, 7, 11]
 
 

@@ -96,8 +96,15 @@ def test_cpu_smoke_report_has_every_section_and_figure_and_says_what_was_cut(cor
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    sections = ["# GPU report", "**CPU smoke run**", "## Machine", "## What was cut", "## 1. GPU tests",
-                "## 2. `model=small`, default settings (5,000-step recipe)", "## 3. DDP on every visible GPU"]
+    sections = [
+        "# GPU report",
+        "**CPU smoke run**",
+        "## Machine",
+        "## What was cut",
+        "## 1. GPU tests",
+        "## 2. `model=small`, default settings (5,000-step recipe)",
+        "## 3. DDP on every visible GPU",
+    ]
     for section in sections:
         assert section in report
     assert "| GPUs | not used (--cpu-smoke); " in report and "| torch | " in report and "| CUDA | " in report

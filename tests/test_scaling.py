@@ -160,7 +160,9 @@ def test_fsdp_config_shards_by_block_and_saves_one_full_checkpoint():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA (tests/test_fsdp.py: its code path on CPU)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA (tests/test_fsdp.py: its code path on CPU)"
+)
 def test_fsdp_trains_and_its_checkpoint_samples_on_the_cpu(tmp_path, corpus_path):
     train(tmp_path, corpus_path, "trainer=fsdp", "trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=10")
     model, _ = load_model(tmp_path / "checkpoints" / "best.ckpt", "cpu")
