@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gpt.core.model import GPT, BigramLanguageModel, build_model
+from gpt.core.model import GPT, BigramLanguageModel, LanguageModel, build_model
 
 VOCAB = 65
 
@@ -83,12 +83,51 @@ def test_top_k_only_draws_among_the_k_likeliest():
     assert drawn <= allowed
 
 
+class FixedLogits(LanguageModel):
+    """A language model that predicts the same next-token logits after any context."""
+
+    def __init__(self, logits):
+        super().__init__(block_size=4)
+        self.register_buffer("logits", torch.as_tensor(logits))
+
+    def forward(self, idx, targets=None):
+        return self.logits.expand(*idx.shape, -1), None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_top_k_draws_the_k_likeliest_with_their_renormalised_probabilities(temperature):
+    logits = torch.tensor([0.5, 2.0, -1.0, 3.0, 1.0, 2.5, 0.0, -2.0])  # the 3 likeliest: tokens 3, 5, 1
+    model = FixedLogits(logits).eval()
+    n = 20_000
+    generator = torch.Generator().manual_seed(0)
+    drawn = model.generate(torch.zeros((n, 1), dtype=torch.long), 1, temperature, top_k=3, generator=generator)[:, 1]
+    assert set(drawn.tolist()) == {3, 5, 1}
+    frequencies = torch.bincount(drawn, minlength=len(logits)).float() / n
+    expected = torch.zeros(len(logits))
+    expected[[3, 5, 1]] = torch.softmax(torch.tensor([3.0, 2.5, 2.0]) / temperature, dim=0)
+    torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)  # ~4 standard deviations of n draws
+
+
 def test_generate_stream_yields_the_tokens_generate_returns():
     model = tiny_gpt().eval()
     start = torch.zeros((1, 1), dtype=torch.long)
     streamed = list(model.generate_stream(start, 10, generator=torch.Generator().manual_seed(3)))
     full = model.generate(start, 10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(torch.cat([start, *streamed], dim=1), full)
+
+
+def test_a_chunk_fed_after_the_cache_gives_the_full_forwards_logits():
+    # The prompt (5 tokens) fills the cache, then a chunk of 4 new tokens attends to the cached 5 and causally
+    # to itself, then one token at a time: every step's logits are those of one forward over the whole sequence.
+    model = tiny_gpt().eval()
+    idx = torch.randint(VOCAB, (2, 12))
+    full, _ = model(idx)
+    cache = model.new_cache()
+    with torch.no_grad():
+        pieces = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:9], cache=cache)[0]]
+        pieces += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(9, 12)]
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_model_configs_are_refused():
