@@ -1,6 +1,6 @@
 """Several nodes, emulated on CI's one CPU machine: two torchrun "nodes" on localhost, and scripts/slurm.sh under
 a stub `srun` that starts the job's tasks as SLURM would. Each must train exactly like one process on the same
-batch and write one run folder, as README "Scaling out" says.
+batch and write one run folder, as docs/scaling.md says.
 
 Everything runs in subprocesses with a deadline: a rank that never joins the process group would otherwise hang
 the test run, so on a timeout or a failure every process they started is killed.
@@ -150,7 +150,7 @@ def one_process(tmp_path_factory, corpus_path):
 
 @pytest.mark.slow
 def test_two_torchrun_nodes_train_like_one_process_into_one_run_folder(one_process, tmp_path, corpus_path, launched):
-    """README's torchrun command on 2 "nodes" of 1 process each, both on localhost, started side by side."""
+    """docs/scaling.md's torchrun command on 2 "nodes" of 1 process each, both on localhost, started side by side."""
     port = free_port()
     logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
     for node_rank, log in enumerate(logs):

@@ -1,6 +1,6 @@
 """The lecture's ladder, trained rung by rung: python -m gpt.pretrain.ladder [--rungs 1-8] [--steps N] [override ...]
 
-Every rung of ``conf/model/ladder/`` (README, "The ladder") trains through ``gpt.pretrain.training.train``, the job
+Every rung of ``conf/model/ladder/`` (docs/ladder.md) trains through ``gpt.pretrain.training.train``, the job
 behind ``python train.py model=ladder/<rung>``, with one shared budget, so that the losses differ only by
 the model: the same steps, batch size, seed and loss estimates, and the same learning-rate schedule (a
 warmup over the first 2% of the steps, then a cosine down to a tenth of the peak). The peak learning rate
