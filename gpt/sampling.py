@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gpt.core.checkpoint import load_model
+from gpt.core.checkpoint import LANGUAGE_MODELS, load_model
 from gpt.core.device import pick_device
 from gpt.core.errors import UserError
 
@@ -69,7 +69,7 @@ def sample(cfg: DictConfig) -> None:
         if cfg[key] < 1:
             raise UserError(f"{key}={cfg[key]} must be >= 1")
     device = pick_device(cfg.device)
-    model, tokenizer = load_model(cfg.ckpt, device)
+    model, tokenizer = load_model(cfg.ckpt, device, kinds=LANGUAGE_MODELS, job="sample.py")
     prompt = read_prompt(cfg)
     start = tokenizer.prompt_ids(prompt)  # unknown characters fail here, naming them
     if cfg.attention_png is not None:

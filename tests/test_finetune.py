@@ -1,5 +1,6 @@
 """The three stages of finetune.py and evaluate.py end to end (quick mode): a tiny GPT on the synthetic corpus."""
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +12,7 @@ from gpt.core.checkpoint import load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.posttrain.evaluation import evaluate
 from gpt.posttrain.finetuning import encode_documents, finetune, load_qa
-from gpt.posttrain.rlhf import answer_loss, load_reward_model
+from gpt.posttrain.rlhf import answer_loss
 from gpt.pretrain.data import CharDataModule
 from gpt.pretrain.lightning_module import GPTModule
 
@@ -20,7 +21,7 @@ from .conftest import ROOT, make_corpus, run_script
 MODEL = {"arch": "gpt", "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "bias": False}
 OPTIM = {"lr": 1e-2, "weight_decay": 0.1, "betas": [0.9, 0.99], "warmup_steps": 5, "decay_steps": 60, "min_lr": 1e-3}
 QA = ["qa.max_question_chars=8", "qa.max_answer_chars=12"]
-TRAINER = ["trainer.accelerator=cpu", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+TRAINER = ["trainer.accelerator=cpu", "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]
 STAGES = {
     "sft": ["trainer.max_steps=20", "trainer.val_check_interval=10", "stage.batch_size=16"],
     "reward": [
@@ -94,12 +95,12 @@ def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipelin
 
 
 def test_reward_model_is_normalised_and_ppo_writes_a_policy_that_samples(pipeline):
-    reward_model = load_reward_model(pipeline["reward_model"])
+    reward_model, _ = load_model(pipeline["reward_model"], kinds=("reward",))
     assert not reward_model.training and reward_model.std > 0 and reward_model.mean != 0
     policy, _ = load_model(pipeline["ppo"])  # what sample.py does
     sft, _ = load_model(pipeline["sft"])
     assert any(not torch.equal(w, sft.state_dict()[k]) for k, w in policy.state_dict().items())
-    history = read_checkpoint(pipeline["ppo"])["ppo_history"]
+    history = read_checkpoint(pipeline["ppo"]).raw["ppo_history"]
     assert [h["update"] for h in history] == [1, 2, 3] and history[0]["kl"] == 0.0
     samples = (Path(pipeline["ppo"]).parents[1] / "ppo_samples.md").read_text()
     assert samples.count("| prompt | answer | reward model | rater |") == 3 and "## update 3" in samples
@@ -122,6 +123,20 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
     [
         (["stage=ppo", "init_from={sft}"], "stage=ppo needs reward_model="),
         (["stage=sft", "init_from={reward_model}"], "is a reward model"),
+        (
+            ["stage=reward", "init_from={pretrained}"],
+            "is a pre-trained checkpoint (train.py); finetune.py stage=reward init_from= needs an SFT checkpoint "
+            "(finetune.py stage=sft)",
+        ),
+        (
+            ["stage=ppo", "init_from={sft}", "reward_model={sft}"],
+            "is an SFT checkpoint (finetune.py stage=sft); finetune.py stage=ppo reward_model= needs a reward model "
+            "checkpoint (finetune.py stage=reward)",
+        ),
+        (
+            ["stage=ppo", "init_from={reward_model}", "reward_model={reward_model}"],
+            "is a reward model checkpoint (finetune.py stage=reward); finetune.py stage=ppo init_from= needs an SFT",
+        ),
         (["stage=sft", "init_from={pretrained}", "qa.max_answer_chars=30"], "more than the model's context 32"),
         (["stage=reward", "init_from={sft}", "stage.samples_per_question=1"], "samples_per_question must be >= 2"),
         (["stage=sft", "init_from=missing.ckpt"], "checkpoint missing.ckpt not found"),
@@ -130,8 +145,34 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
 )
 def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message):
     overrides = [o.format(**pipeline) for o in overrides]
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=re.escape(message)) as err:
         finetune(config("finetune", pipeline["data"], f"output_dir={tmp_path}", *overrides))
+    assert "\n" not in str(err.value) or str(err.value).startswith("invalid config:")  # one line, or a list
+
+
+def test_every_stage_records_its_kind_in_its_checkpoint(pipeline):
+    kinds = {"pretrained": "pretrained", "sft": "sft", "reward_model": "reward", "ppo": "ppo"}
+    for key, kind in kinds.items():
+        assert torch.load(pipeline[key], weights_only=True)["kind"] == kind
+        assert read_checkpoint(pipeline[key]).kind == kind
+
+
+@pytest.mark.parametrize(
+    "key, given, message",
+    [
+        ("sft", "ppo", "is a PPO checkpoint (finetune.py stage=ppo); evaluate.py sft= needs an SFT checkpoint"),
+        ("reward_model", "sft", "is an SFT checkpoint (finetune.py stage=sft); evaluate.py reward_model= needs a"),
+        ("ppo", "reward_model", "is a reward model checkpoint (finetune.py stage=reward); evaluate.py ppo= needs a "),
+    ],
+)
+def test_evaluation_refuses_a_checkpoint_of_the_wrong_kind_in_one_line(pipeline, tmp_path, key, given, message):
+    paths = {k: pipeline[k] for k in ("sft", "reward_model", "ppo")}
+    paths[key] = pipeline[given]
+    with pytest.raises(UserError, match=re.escape(f"{pipeline[given]} {message}")) as err:
+        evaluate(
+            config("evaluate", pipeline["data"], *(f"{k}={v}" for k, v in paths.items()), f"output_dir={tmp_path}")
+        )
+    assert "\n" not in str(err.value)
 
 
 def test_the_command_line_reports_bad_input_in_one_line(tmp_path):

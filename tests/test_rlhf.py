@@ -21,6 +21,7 @@ from gpt.posttrain.rlhf import (
     kl_divergence,
     pad_right,
     ppo_policy_loss,
+    ppo_rewards,
     ppo_value_loss,
     sample_answers,
 )
@@ -101,6 +102,23 @@ def test_gae_by_hand():
     advantages, _ = gae(rewards, values, mask, gamma=0.5, lam=1.0)
     # Row 1: delta2 = 0.5, delta1 = 0.25 - 0.5, delta0 = 0.25 - 0.5; A1 = -0.25 + 0.25, A0 = -0.25 + 0.
     torch.testing.assert_close(advantages[0], torch.tensor([-0.25, 0.0, 0.5]))
+
+
+def test_ppo_rewards_by_hand():
+    # Two answers in a batch 5 wide: row 0 ends after 2 characters, row 1 after 4; both have padding, whose
+    # log-probs (what the models say at the padded positions) are not zero.
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.0], [-0.2, -0.4, -1.5, -0.7, -2.0]])
+    reference = torch.tensor([[-1.5, -1.0, -0.4, -0.1, -2.0], [-0.6, -0.9, -1.0, -2.0, -0.5]])
+    lengths = torch.tensor([2, 4])
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    final_reward = torch.tensor([0.7, -1.0])  # the normalised reward-model scores of the two answers
+    rewards = ppo_rewards(logprobs, reference, mask, lengths, final_reward, kl_coef=0.1)
+    # -0.1 * (logprob - reference) per answer character; the score added at the last one (index length - 1).
+    # Row 0: -0.1 * 0.5 = -0.05; -0.1 * -1.0 = 0.1, + 0.7 = 0.8. Row 1: -0.1 * 0.4 = -0.04; -0.1 * 0.5 = -0.05;
+    # -0.1 * -0.5 = 0.05; -0.1 * 1.3 = -0.13, - 1.0 = -1.13. Padding: exactly 0.
+    expected = torch.tensor([[-0.05, 0.8, 0.0, 0.0, 0.0], [-0.04, -0.05, 0.05, -1.13, 0.0]])
+    torch.testing.assert_close(rewards, expected)
+    assert rewards[~mask].eq(0).all()
 
 
 def test_clipped_policy_and_value_losses_by_hand():

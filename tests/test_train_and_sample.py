@@ -6,12 +6,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from gpt.core.checkpoint import read_checkpoint
 from gpt.core.errors import UserError
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import check_resumable
 from gpt.sampling import sample
 
 from .conftest import ROOT, TINY_RUN, run_script
+from .test_checkpoint import stage_module, write_checkpoint
 
 RUN = [*TINY_RUN, "model.dropout=0.1", "trainer.val_check_interval=10", "optim.decay_steps=20"]
 
@@ -57,6 +59,8 @@ def test_checkpoint_is_plain_data_with_tokenizer_config_and_rng(run_dir, corpus_
     assert checkpoint["hyper_parameters"]["model"]["n_embd"] == 32
     assert checkpoint["config"]["trainer"]["max_steps"] == 20
     assert checkpoint["rng"]["torch"].dtype == torch.uint8
+    assert checkpoint["kind"] == "pretrained"
+    assert torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["kind"] == "pretrained"
     assert checkpoint["optimizer_states"][0]["state"] and checkpoint["lr_schedulers"][0]["last_epoch"] == 20
 
 
@@ -92,12 +96,12 @@ def test_resuming_with_accumulation_and_an_odd_interval_continues_exactly(corpus
 def test_resuming_from_another_model_is_refused(run_dir):
     other = GPTModule(dict(arch="bigram", block_size=16), {}, vocab=list("ab"))
     with pytest.raises(UserError, match="cannot resume.*trained with model="):
-        check_resumable(run_dir / "checkpoints" / "last.ckpt", other)
+        check_resumable(read_checkpoint(run_dir / "checkpoints" / "last.ckpt"), other)
 
 
 def test_resuming_a_finished_run_asks_for_more_steps(run_dir):
-    last = run_dir / "checkpoints" / "last.ckpt"
-    steps = torch.load(last, weights_only=True)["global_step"]
+    last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    steps = last.raw["global_step"]
     other = GPTModule({"arch": "bigram", "block_size": 16}, {}, vocab=list("ab"))
     with pytest.raises(UserError, match=f"already trained {steps} steps.*raise trainer.max_steps"):
         check_resumable(last, other, max_steps=steps)
@@ -173,3 +177,51 @@ def test_wandb_logger_runs_offline_without_account_or_prompt(tmp_path, corpus_pa
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert list(run.glob("*.wandb"))
     assert (tmp_path / "metrics.csv").exists()  # the CSV log is kept beside W&B
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(run_dir, tmp_path_factory):
+    """An SFT and a reward model checkpoint of the run's own model and vocabulary, as their stages write them."""
+    pretrained = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    folder = tmp_path_factory.mktemp("fine_tuned")
+    return {
+        kind: write_checkpoint(stage_module(kind, pretrained.model_config, pretrained.vocab), folder / f"{kind}.ckpt")
+        for kind in ("sft", "reward")
+    }
+
+
+@pytest.mark.parametrize(
+    "script, kind, args, message",
+    [
+        (
+            "train.py",
+            "reward",
+            ["trainer.max_steps=20"],
+            "is a reward model checkpoint (finetune.py stage=reward); "
+            "train.py ckpt_path= needs a pre-trained checkpoint (train.py)",
+        ),
+        (
+            "train.py",
+            "sft",
+            ["trainer.max_steps=20"],
+            "is an SFT checkpoint (finetune.py stage=sft); "
+            "train.py ckpt_path= needs a pre-trained checkpoint (train.py)",
+        ),
+        (
+            "sample.py",
+            "reward",
+            ["device=cpu"],
+            "is a reward model checkpoint (finetune.py stage=reward); "
+            "sample.py needs a language model: a checkpoint of train.py, finetune.py stage=sft or stage=ppo",
+        ),
+    ],
+)
+def test_a_checkpoint_of_the_wrong_kind_is_refused_in_one_line(
+    fine_tuned, corpus_path, tmp_path, script, kind, args, message
+):
+    key = "ckpt_path" if script == "train.py" else "ckpt"
+    ckpt = fine_tuned[kind]
+    run = [f"data.path={corpus_path}", *RUN] if script == "train.py" else []
+    result = run_script(script, f"{key}={ckpt}", f"hydra.run.dir={tmp_path}", *run, *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {ckpt} {message}"

@@ -14,18 +14,17 @@ from gpt.core.errors import UserError
 WANDB_RUN_ID = "wandb_run_id"  # the checkpoint key under which the run's W&B id is stored
 
 
-def instantiate_loggers(logger_cfg, ckpt_path=None) -> list:
-    """The loggers of ``cfg.logger``. Resuming from a checkpoint of a W&B run continues that W&B run."""
+def instantiate_loggers(logger_cfg, resume_from=None) -> list:
+    """The loggers of ``cfg.logger``. Resuming from a checkpoint of a W&B run (``resume_from``, a
+    ``gpt.core.checkpoint.Checkpoint`` the job has read) continues that W&B run."""
     from lightning.pytorch.loggers import WandbLogger
-
-    from gpt.core.checkpoint import read_checkpoint
 
     loggers = []
     for cfg in (logger_cfg or {}).values():
         resume = {}
         if issubclass(get_class(cfg._target_), WandbLogger):
             check_wandb_login(cfg.get("mode"))
-            if ckpt_path and (run_id := read_checkpoint(ckpt_path).get(WANDB_RUN_ID)):
+            if resume_from is not None and (run_id := resume_from.raw.get(WANDB_RUN_ID)):
                 resume = {"id": run_id}  # WandbLogger asks wandb.init for resume="allow"
         loggers.append(instantiate(cfg, **resume))
     return loggers

@@ -8,6 +8,7 @@ ladder from bigram to Transformer (``conf/model/ladder/``) is one model family, 
 Nothing here knows about Lightning or Hydra: ``build_model(arch=..., **fields)`` turns plain config into a model.
 """
 
+import copy
 import math
 
 import torch
@@ -324,3 +325,41 @@ def build_model(arch: str, vocab_size: int, **fields) -> LanguageModel:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown model arch {arch!r}: choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](vocab_size=vocab_size, **fields)
+
+
+class RewardModel(nn.Module):
+    """A GPT backbone and a scalar head: a score at every position; an answer's reward is read at its last
+    character (the stop, when it stopped). Scores are normalised by ``mean`` and ``std`` (set after training
+    to those of the SFT model's answers), so the policy's reward starts near 0 with unit spread.
+
+    Here, beside the language models, so that one checkpoint loader builds every kind of model.
+    """
+
+    def __init__(self, backbone: GPT):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.lm_head.in_features, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("mean", torch.tensor(0.0))
+        self.register_buffer("std", torch.tensor(1.0))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Normalised scores (N, T) at every position."""
+        return (self.head(self.backbone.features(idx)).squeeze(-1) - self.mean) / self.std
+
+    def score(self, idx: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        """The score of each row's sequence ``idx[i, :end[i]]``, read at its last position."""
+        return self(idx).gather(1, (end - 1)[:, None]).squeeze(1)
+
+    def value_model(self) -> "RewardModel":
+        """A trainable copy: PPO's value function starts from the reward model (values in reward units)."""
+        return copy.deepcopy(self).train().requires_grad_(True)
+
+
+def build_reward_model(vocab_size: int, **fields) -> RewardModel:
+    """A reward model on a GPT backbone built from plain config data (``arch`` must be ``gpt``)."""
+    backbone = build_model(vocab_size=vocab_size, **fields)
+    if not isinstance(backbone, GPT):
+        raise ValueError(f"a reward model needs a GPT backbone, not arch={fields.get('arch')!r}")
+    return RewardModel(backbone)

@@ -8,22 +8,23 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from gpt.core.checkpoint import read_checkpoint
+from gpt.core.checkpoint import load_model, read_checkpoint
 from gpt.core.device import pick_device
 from gpt.core.errors import UserError
 from gpt.core.report import markdown_table
 from gpt.posttrain.qa import Rating
-from gpt.posttrain.qa_data import QAData, encode_documents, load_gpt, load_qa, sample_rated
-from gpt.posttrain.rlhf import (
-    answer_loss,
-    at_answer,
-    join,
-    kl_divergence,
-    length_mask,
-    load_reward_model,
-)
+from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
+from gpt.posttrain.rlhf import answer_loss, at_answer, join, kl_divergence, length_mask
 
 log = logging.getLogger(__name__)
+
+# config key: (the table's column, the kinds it accepts); reward_model is a reward checkpoint
+POLICIES = {
+    "pretrained": ("pre-trained", ("pretrained",)),
+    "sft": ("SFT", ("sft",)),
+    "ppo": ("PPO", ("ppo",)),
+    "overoptimised": ("PPO, over-optimised", ("ppo",)),
+}
 
 COLUMNS = {  # figure: (table header, format)
     "rater": ("rater score", "{:.3f}"),
@@ -91,20 +92,27 @@ def evaluate(cfg: DictConfig) -> str:
             raise UserError(f"{key}=... is required: python evaluate.py sft=CKPT reward_model=CKPT [ppo=CKPT] ...")
     if cfg.temperature <= 0:
         raise UserError(f"temperature={cfg.temperature} must be > 0")
+    # Each file read once, and every kind checked before anything is loaded.
+    checkpoints = {
+        key: read_checkpoint(cfg[key]).require(kinds, f"evaluate.py {key}=")
+        for key, (_, kinds) in POLICIES.items()
+        if cfg[key] is not None
+    }
+    reward = read_checkpoint(cfg.reward_model).require(("reward",), "evaluate.py reward_model=")
+    for checkpoint in [*checkpoints.values(), reward]:
+        if checkpoint.vocab != checkpoints["sft"].vocab:
+            raise UserError(f"{checkpoint.path} has another vocabulary than sft={cfg.sft}")
     device = pick_device(cfg.device)
     qa = load_qa(cfg)
     pairs = qa.heldout if cfg.questions is None else random.Random(cfg.seed).sample(qa.heldout, cfg.questions)
-    sft, tokenizer = load_gpt(cfg.sft, device)
-    reward_model = load_reward_model(cfg.reward_model, device)
-    names = {"pre-trained": cfg.pretrained, "SFT": cfg.sft, "PPO": cfg.ppo, "PPO, over-optimised": cfg.overoptimised}
+    sft, tokenizer = load_policy(checkpoints["sft"], POLICIES["sft"][1], "evaluate.py sft=", device)
+    reward_model, _ = load_model(reward, device, kinds=("reward",), job="evaluate.py reward_model=")
     results = {}
-    for name, path in names.items():
-        if path is not None:
-            model, model_tokenizer = load_gpt(path, device)
-            if model_tokenizer.chars != tokenizer.chars:
-                raise UserError(f"{path} has another vocabulary than sft={cfg.sft}")
-            results[name] = measure(model, tokenizer, sft, reward_model, pairs, qa, cfg)
-            log.info(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name][0].items()))
+    for key, checkpoint in checkpoints.items():
+        name, kinds = POLICIES[key]
+        model = sft if key == "sft" else load_policy(checkpoint, kinds, f"evaluate.py {key}=", device)[0]
+        results[name] = measure(model, tokenizer, sft, reward_model, pairs, qa, cfg)
+        log.info(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name][0].items()))
 
     rows = [[COLUMNS[k][0], *(COLUMNS[k][1].format(f[k]) for f, _ in results.values())] for k in COLUMNS]
     table = markdown_table(["on held-out questions", *results], rows)
@@ -120,9 +128,9 @@ def evaluate(cfg: DictConfig) -> str:
     )
     (out / "eval.md").write_text(report, encoding="utf-8")
     histories = {
-        name: read_checkpoint(path).get("ppo_history")
-        for name, path in (("PPO", cfg.ppo), ("PPO, over-optimised", cfg.overoptimised))
-        if path is not None
+        POLICIES[key][0]: checkpoints[key].raw.get("ppo_history")
+        for key in ("ppo", "overoptimised")
+        if key in checkpoints
     }
     if histories:
         plot_history({name: history for name, history in histories.items() if history}, out / "eval.png")

@@ -2,6 +2,7 @@
 
 import logging
 import random
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -9,13 +10,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt.core.checkpoint import read_checkpoint
+from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.core.loggers import instantiate_loggers
+from gpt.core.model import GPT, RewardModel
+from gpt.core.tokenizer import CharTokenizer
 from gpt.core.trainer import instantiate_trainer
 from gpt.posttrain.qa import prompt_length
-from gpt.posttrain.qa_data import QAData, encode_documents, load_gpt, load_qa, sample_rated
-from gpt.posttrain.rlhf import join, load_reward_model
+from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
+from gpt.posttrain.rlhf import join
 from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule, pairwise_accuracy
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,27 @@ def comparisons(idx: torch.Tensor, ends: torch.Tensor, scores: list[float], grou
 COUNTS = ("batch_size", "questions", "eval_questions", "updates", "questions_per_update", "epochs", "minibatch_size")
 
 
-def check_config(cfg: DictConfig, block_size: int | None = None) -> None:
-    """Raise one UserError listing every setting that cannot work, before anything is trained."""
+# The checkpoints each stage reads, and the kinds each accepts: more SFT may start from an SFT model.
+INPUTS = {
+    "sft": {"init_from": ("pretrained", "sft")},
+    "reward": {"init_from": ("sft",)},
+    "ppo": {"init_from": ("sft",), "reward_model": ("reward",)},
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Start:
+    """What a stage starts from, each checkpoint read once: the init_from checkpoint, its GPT and tokenizer,
+    and (stage=ppo) the reward model."""
+
+    init: Checkpoint
+    policy: GPT
+    tokenizer: CharTokenizer
+    reward_model: RewardModel | None = None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise one UserError listing every setting that cannot work, before any checkpoint is read."""
     problems = []
 
     def require(ok, message):
@@ -58,14 +80,6 @@ def check_config(cfg: DictConfig, block_size: int | None = None) -> None:
     require(stage.name != "ppo" or cfg.reward_model is not None, "stage=ppo needs reward_model=<stage=reward ckpt>")
     require(0 < cfg.data.train_fraction < 1, f"data.train_fraction={cfg.data.train_fraction} must be in (0, 1)")
     require(cfg.qa.max_question_chars >= 1 and cfg.qa.max_answer_chars >= 1, "qa.max_*_chars must be >= 1")
-    if block_size is not None:
-        longest = prompt_length(cfg.qa.max_question_chars) + cfg.qa.max_answer_chars + 1
-        require(
-            longest <= block_size,
-            f"a prompt of qa.max_question_chars={cfg.qa.max_question_chars}, an answer of qa.max_answer_chars="
-            f"{cfg.qa.max_answer_chars} and the stop make {longest} characters, more than the model's context "
-            f"{block_size}: shorten them",
-        )
     for key in COUNTS:
         if key in stage:
             require(stage[key] >= 1, f"stage.{key}={stage[key]} must be >= 1")
@@ -74,18 +88,48 @@ def check_config(cfg: DictConfig, block_size: int | None = None) -> None:
     if "temperature" in stage:
         require(stage.temperature > 0, f"stage.temperature={stage.temperature} must be > 0")
     require(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0")
+    require(0 <= cfg.optim.min_lr <= cfg.optim.lr, f"optim.min_lr={cfg.optim.min_lr} must be in [0, optim.lr]")
+    require(cfg.optim.warmup_steps >= 0, f"optim.warmup_steps={cfg.optim.warmup_steps} must be >= 0")
     if problems:
         raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def check_context(cfg: DictConfig, block_size: int) -> None:
+    """Refuse Q/A lengths that do not fit the context of the model the stage starts from."""
+    longest = prompt_length(cfg.qa.max_question_chars) + cfg.qa.max_answer_chars + 1
+    if longest > block_size:
+        raise UserError(
+            f"a prompt of qa.max_question_chars={cfg.qa.max_question_chars}, an answer of qa.max_answer_chars="
+            f"{cfg.qa.max_answer_chars} and the stop make {longest} characters, more than the model's context "
+            f"{block_size}: shorten them"
+        )
+
+
+def read_inputs(cfg: DictConfig) -> Start:
+    """Read each checkpoint the stage needs once, refusing a wrong kind before anything else is loaded."""
+    name = cfg.stage.name
+    checkpoints = {
+        key: read_checkpoint(cfg[key]).require(kinds, f"finetune.py stage={name} {key}=")
+        for key, kinds in INPUTS[name].items()
+    }
+    init = checkpoints["init_from"]
+    policy, tokenizer = load_policy(init, INPUTS[name]["init_from"], f"finetune.py stage={name} init_from=")
+    reward_model = None
+    if "reward_model" in checkpoints:
+        reward = checkpoints["reward_model"]
+        if reward.vocab != init.vocab:
+            raise UserError(f"{reward.path} was trained on another vocabulary than {init.path}")
+        reward_model, _ = load_model(reward, kinds=("reward",), job=f"finetune.py stage={name} reward_model=")
+    return Start(init, policy, tokenizer, reward_model)
 
 
 def finetune(cfg: DictConfig) -> str:
     """Run the stage ``cfg.stage.name``; returns the path of the checkpoint it wrote."""
     check_config(cfg)
-    policy, tokenizer = load_gpt(cfg.init_from)
-    check_config(cfg, policy.block_size)
+    start = read_inputs(cfg)
+    check_context(cfg, start.policy.block_size)
     qa = load_qa(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    model_cfg = read_checkpoint(cfg.init_from)["hyper_parameters"]["model"]
 
     loggers = instantiate_loggers(cfg.logger)  # checks the W&B login before anything trains
     trainer = instantiate_trainer(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
@@ -97,16 +141,17 @@ def finetune(cfg: DictConfig) -> str:
         )
     for logger in loggers:
         logger.log_hyperparams(config)
-    module = STAGES[cfg.stage.name](cfg, config, model_cfg, policy, tokenizer, qa, trainer)
+    module = STAGES[cfg.stage.name](cfg, config, start, qa, trainer)
     path = Path(cfg.output_dir) / "checkpoints" / f"{cfg.stage.name}.ckpt"
     trainer.save_checkpoint(path, weights_only=True)
     log.info(f"{module.__class__.__name__} checkpoint {path}")
     return str(path)
 
 
-def run_sft(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> SFTModule:
-    module = SFTModule(model_cfg, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
-    module.model.load_state_dict(policy.state_dict())
+def run_sft(cfg, config, start: Start, qa: QAData, trainer) -> SFTModule:
+    tokenizer = start.tokenizer
+    module = SFTModule(start.init.model_config, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
+    module.model.load_state_dict(start.policy.state_dict())
     train = TensorDataset(*encode_documents(qa.train, tokenizer))
     heldout = TensorDataset(*encode_documents(qa.heldout, tokenizer))
     train_loader = DataLoader(train, batch_size=cfg.stage.batch_size, shuffle=True, drop_last=True)
@@ -121,8 +166,9 @@ def run_sft(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> S
     return module
 
 
-def run_reward(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> RewardModule:
+def run_reward(cfg, config, start: Start, qa: QAData, trainer) -> RewardModule:
     stage, rng = cfg.stage, random.Random(cfg.seed)
+    policy, tokenizer = start.policy, start.tokenizer
     datasets = []
     for name, pairs, n in (("train", qa.train, stage.questions), ("held-out", qa.heldout, stage.eval_questions)):
         questions = rng.sample(pairs, min(n, len(pairs)))
@@ -139,7 +185,7 @@ def run_reward(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -
         )
     (train, train_answers, train_ends), (heldout, _, _) = datasets
 
-    module = RewardModule(model_cfg, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
+    module = RewardModule(start.init.model_config, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
     module.model.backbone.load_state_dict(policy.state_dict())
     train_loader = DataLoader(train, batch_size=stage.batch_size, shuffle=True, drop_last=True)
     heldout_loader = DataLoader(heldout, batch_size=len(heldout))
@@ -152,19 +198,22 @@ def run_reward(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -
     return module
 
 
-def run_ppo(cfg, config, model_cfg, policy, tokenizer, qa: QAData, trainer) -> PPOModule:
-    stage = cfg.stage
-    reward_model = load_reward_model(cfg.reward_model)
-    reward_vocab = read_checkpoint(cfg.reward_model)["hyper_parameters"]["vocab"]
-    if reward_vocab != tokenizer.chars:
-        raise UserError(f"{cfg.reward_model} was trained on another vocabulary than {cfg.init_from}")
+def run_ppo(cfg, config, start: Start, qa: QAData, trainer) -> PPOModule:
+    stage, tokenizer = cfg.stage, start.tokenizer
     rng = random.Random(cfg.seed)
     questions = rng.choices(qa.train, k=stage.updates * stage.questions_per_update)
     prompts = [tokenizer.encode(pair.prompt) for pair in questions]
     loader = DataLoader(prompts, batch_size=stage.questions_per_update, collate_fn=list)
     ppo = {**config["stage"], "seed": cfg.seed}
     module = PPOModule(
-        model_cfg, config["optim"], tokenizer.chars, ppo, reward_model, qa.rater, policy.state_dict(), run_config=config
+        start.init.model_config,
+        config["optim"],
+        tokenizer.chars,
+        ppo,
+        start.reward_model,
+        qa.rater,
+        start.policy.state_dict(),
+        run_config=config,
     )
     trainer.fit(module, loader)
     for figures in (module.history[0], module.history[-1]):

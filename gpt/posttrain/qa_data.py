@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from gpt.core.checkpoint import load_model, read_checkpoint
+from gpt.core.checkpoint import Checkpoint, load_model
 from gpt.core.errors import UserError
 from gpt.core.model import GPT
 from gpt.core.tokenizer import CharTokenizer
@@ -57,13 +57,14 @@ def sample_rated(model: GPT, tokenizer, pairs: list[QAPair], rater: Rater, sampl
     return prompts, answers, texts, [rater.rate(t, s) for t, s in zip(texts, answers.stopped.tolist())]
 
 
-def load_gpt(path, device="cpu") -> tuple[GPT, CharTokenizer]:
-    """A language model checkpoint (pre-trained, SFT or PPO) with a GPT in it: what the stages start from."""
-    if "model.head.weight" in read_checkpoint(path)["state_dict"]:
-        raise UserError(f"{path} is a reward model; give a language model (train.py, stage=sft or stage=ppo)")
-    model, tokenizer = load_model(path, device)
+def load_policy(checkpoint: Checkpoint, kinds, job: str, device="cpu") -> tuple[GPT, CharTokenizer]:
+    """The GPT of a language model checkpoint of one of ``kinds`` (read once, by the job): what a stage starts
+    from, or a policy evaluate.py compares; ``job`` names the reader in the error for another kind."""
+    model, tokenizer = load_model(checkpoint, device, kinds=kinds, job=job)
     if not isinstance(model, GPT):
-        raise UserError(f"{path} holds a {type(model).__name__}; fine-tuning needs a GPT (model=tiny or larger)")
+        raise UserError(
+            f"{checkpoint.path} holds a {type(model).__name__}; fine-tuning needs a GPT (model=tiny or larger)"
+        )
     if STOP not in tokenizer.stoi:
-        raise UserError(f"{path}: its vocabulary has no newline, the stop character of answers")
+        raise UserError(f"{checkpoint.path}: its vocabulary has no newline, the stop character of answers")
     return model, tokenizer

@@ -1,20 +1,17 @@
-"""The pieces of fine-tuning that are plain PyTorch: masks, losses, GAE, sampling answers, the reward model.
+"""The pieces of fine-tuning that are plain PyTorch: masks, losses, GAE, sampling answers (the reward model,
+plain PyTorch too, is in gpt.core.model, where the checkpoint loader builds it).
 
 Every mask here is built from lengths (of the prompt, of the answer), never by searching for the stop
 character: the prompt holds newlines too. A batch of sequences of different lengths is padded on the right,
 which changes nothing before the padding in a causal model.
 """
 
-import copy
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from gpt.core.checkpoint import read_checkpoint
-from gpt.core.errors import UserError
-from gpt.core.model import GPT, build_model
+from gpt.core.model import GPT, RewardModel  # noqa: F401  (RewardModel: with the math it is trained by)
 
 
 def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -76,6 +73,18 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """-log sigmoid(r_chosen - r_rejected): the likelihood that the preferred answer wins under Bradley-Terry."""
     return -F.logsigmoid(chosen - rejected).mean()
+
+
+def ppo_rewards(logprobs, reference_logprobs, mask, lengths, final_reward, kl_coef: float) -> torch.Tensor:
+    """PPO's per-character rewards (N, width) of sampled answers that end at ``lengths`` (``mask`` True before).
+
+    Every answer character pays the KL penalty ``-kl_coef * (logprob - reference_logprob)``; the last one
+    (index ``lengths - 1``: the stop, when the answer stopped) also gets the answer's ``final_reward``; the
+    padding after an answer gets exactly 0.
+    """
+    rewards = -kl_coef * (logprobs - reference_logprobs) * mask
+    rewards[torch.arange(len(lengths), device=lengths.device), lengths - 1] += final_reward
+    return rewards
 
 
 def gae(rewards, values, mask, gamma: float, lam: float):
@@ -168,43 +177,3 @@ def join(prompts: list[list[int]], answers: Answers):
     rows = [p + a[:n] for p, a, n in zip(prompts, answers.tokens.tolist(), answers.lengths.tolist())]
     device = answers.tokens.device
     return pad_right(rows).to(device), torch.tensor([len(p) for p in prompts], device=device)
-
-
-class RewardModel(nn.Module):
-    """A GPT backbone and a scalar head: a score at every position; an answer's reward is read at its last
-    character (the stop, when it stopped). Scores are normalised by ``mean`` and ``std`` (set after training
-    to those of the SFT model's answers), so the policy's reward starts near 0 with unit spread.
-    """
-
-    def __init__(self, backbone: GPT):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.lm_head.in_features, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-        self.register_buffer("mean", torch.tensor(0.0))
-        self.register_buffer("std", torch.tensor(1.0))
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Normalised scores (N, T) at every position."""
-        return (self.head(self.backbone.features(idx)).squeeze(-1) - self.mean) / self.std
-
-    def score(self, idx: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-        """The score of each row's sequence ``idx[i, :end[i]]``, read at its last position."""
-        return self(idx).gather(1, (end - 1)[:, None]).squeeze(1)
-
-    def value_model(self) -> "RewardModel":
-        """A trainable copy: PPO's value function starts from the reward model (values in reward units)."""
-        return copy.deepcopy(self).train().requires_grad_(True)
-
-
-def load_reward_model(path, device="cpu") -> RewardModel:
-    """Rebuild a frozen reward model (eval mode) from a checkpoint written by ``finetune.py stage=reward``."""
-    checkpoint = read_checkpoint(path)
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}  # RewardModule.model
-    if "head.weight" not in state:
-        raise UserError(f"{path} is not a reward model: train one with `python finetune.py stage=reward`")
-    hparams = checkpoint["hyper_parameters"]
-    reward_model = RewardModel(build_model(vocab_size=len(hparams["vocab"]), **hparams["model"]))
-    reward_model.load_state_dict(state)
-    return reward_model.to(device).eval().requires_grad_(False)

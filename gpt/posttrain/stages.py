@@ -1,20 +1,23 @@
 """The LightningModules of the three stages after pre-training: SFT, reward model, PPO.
 
-Each extends ``GPTModule``, so its checkpoint has the same model config, vocabulary and run config; the SFT
-and PPO checkpoints hold only the language model's weights (under ``model.``) and load with
-``gpt.core.checkpoint.load_model`` like a pre-trained one.
+Each builds its own model and shares only ``CheckpointedModule`` with pre-training's ``GPTModule``: its
+checkpoint records its kind (``sft``, ``reward``, ``ppo``), model config, vocabulary, run config and RNG
+states; AdamW with the warmup + cosine schedule of ``optim``; ``train/lr`` logging. The SFT and PPO checkpoints
+hold only the language model's weights (under ``model.``), the reward model's its ``RewardModel``; any of them
+loads with ``gpt.core.checkpoint.load_model``.
 """
 
 import copy
+import math
 from pathlib import Path
 
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from gpt.core.model import RewardModel, build_model, build_reward_model
 from gpt.core.report import markdown_table
 from gpt.posttrain.qa import STOP, Rater, Rating
 from gpt.posttrain.rlhf import (
-    RewardModel,
     answer_loss,
     at_answer,
     bradley_terry_loss,
@@ -25,19 +28,30 @@ from gpt.posttrain.rlhf import (
     length_mask,
     masked_mean,
     ppo_policy_loss,
+    ppo_rewards,
     ppo_value_loss,
     sample_answers,
     token_logprobs,
     whiten,
 )
-from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.lightning_module import CheckpointedModule
 
 
-class SFTModule(GPTModule):
+class SFTModule(CheckpointedModule):
     """Supervised fine-tuning on Q/A documents: the loss counts the answer's characters (and stop) only.
 
     Batches are (inputs, targets, answer mask), see ``gpt.posttrain.finetuning.encode_documents``.
     """
+
+    KIND = "sft"
+
+    def __init__(self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None, seed: int = 0):
+        super().__init__(model, optim, vocab, run_config, seed)
+        self.model = build_model(vocab_size=len(vocab), **model)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = self.adamw(self.model.parameters())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
         x, y, mask = batch
@@ -56,15 +70,21 @@ def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Ten
     return (chosen > rejected).float().mean()
 
 
-class RewardModule(GPTModule):
+class RewardModule(CheckpointedModule):
     """A reward model (GPT backbone + scalar head) trained with the Bradley-Terry loss on ranked pairs.
 
     Batches are (chosen sequences, their lengths, rejected sequences, their lengths).
     """
 
+    KIND = "reward"
+
     def __init__(self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None, seed: int = 0):
-        super().__init__(model, optim, vocab, run_config, seed=seed)
-        self.model = RewardModel(self.model)
+        super().__init__(model, optim, vocab, run_config, seed)
+        self.model = build_reward_model(vocab_size=len(vocab), **model)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = self.adamw(self.model.parameters())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def scores(self, batch):
         """The scores of the chosen and of the rejected sequences of a batch of pairs."""
@@ -76,6 +96,7 @@ class RewardModule(GPTModule):
         loss = bradley_terry_loss(chosen, rejected)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/accuracy", pairwise_accuracy(chosen, rejected))
+        self.log_learning_rate()
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -94,13 +115,16 @@ class RewardModule(GPTModule):
         self.model.std.copy_(scores.std().clamp(min=1e-6))
 
 
-class PPOModule(GPTModule):
+class PPOModule(CheckpointedModule):
     """PPO on a policy initialised from SFT (``self.model``), against a frozen reward model and a frozen copy
     of the SFT model (the reference of the KL penalty); the value function starts as a copy of the reward model.
 
     Each training batch is a list of prompts (token lists) and makes one PPO update: sample an answer per
     prompt, score it, then ``ppo.epochs`` passes of clipped-objective minibatch steps (manual optimization).
+    The learning rate follows ``optim`` (warmup, cosine decay to ``min_lr``) over those minibatch steps.
     """
+
+    KIND = "ppo"
 
     def __init__(
         self,
@@ -113,9 +137,9 @@ class PPOModule(GPTModule):
         init_state: dict,
         run_config: dict | None = None,
     ):
-        super().__init__(model, optim, vocab, run_config)
-        self.save_hyperparameters("model", "optim", "vocab", "ppo", logger=False)
-        self.automatic_optimization = False
+        super().__init__(model, optim, vocab, run_config, seed=ppo["seed"], ppo=ppo)
+        self.automatic_optimization = False  # an update is several minibatch steps on one rollout
+        self.model = build_model(vocab_size=len(vocab), **model)
         self.model.load_state_dict(init_state)
         self.reference = copy.deepcopy(self.model).requires_grad_(False)
         self.reward_model = reward_model.requires_grad_(False)
@@ -131,10 +155,16 @@ class PPOModule(GPTModule):
         # reference must compare deterministic functions, and the frozen models must never train.
         return super().train(False)
 
+    def optimizer_steps(self) -> int:
+        """The minibatch steps of the whole run: where the cosine ends unless ``optim.decay_steps`` says."""
+        cfg = self.hparams.ppo
+        return cfg["updates"] * cfg["epochs"] * math.ceil(cfg["questions_per_update"] / cfg["minibatch_size"])
+
     def configure_optimizers(self):
-        cfg = self.hparams.optim  # a constant learning rate: PPO's run is a handful of updates
-        params = [*self.model.parameters(), *self.value_model.parameters()]
-        return torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+        cfg = self.hparams.optim
+        decay_steps = self.optimizer_steps() if cfg.get("decay_steps") is None else None
+        optimizer, scheduler = self.adamw([*self.model.parameters(), *self.value_model.parameters()], decay_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}  # stepped in training_step
 
     def on_train_start(self):
         self.generator = torch.Generator(self.device).manual_seed(self.hparams.ppo["seed"])
@@ -156,8 +186,7 @@ class PPOModule(GPTModule):
 
         scores = self.reward_model.score(idx, prompt_lengths + answers.lengths)
         final_reward = torch.where(answers.stopped, scores, torch.full_like(scores, cfg["missing_stop_reward"]))
-        rewards = -cfg["kl_coef"] * (logprobs - reference_logprobs) * mask  # the per-character KL penalty
-        rewards[torch.arange(len(prompts), device=self.device), answers.lengths - 1] += final_reward
+        rewards = ppo_rewards(logprobs, reference_logprobs, mask, answers.lengths, final_reward, cfg["kl_coef"])
         advantages, returns = gae(rewards, values, mask, cfg["gamma"], cfg["lam"])
 
         texts = answers.texts(self.tokenizer)
@@ -206,7 +235,7 @@ class PPOModule(GPTModule):
     def training_step(self, prompts, batch_idx):
         cfg = self.hparams.ppo
         rollout = self.rollout(prompts)
-        optimizer = self.optimizers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         totals = torch.zeros(4)  # policy loss, value loss, clip fraction, minibatches
         for _ in range(cfg["epochs"]):
             order = torch.randperm(len(prompts), generator=self.generator, device=self.device)
@@ -216,6 +245,7 @@ class PPOModule(GPTModule):
                 self.manual_backward(policy_loss + cfg["value_coef"] * value_loss)
                 self.clip_gradients(optimizer, gradient_clip_val=cfg["max_grad_norm"], gradient_clip_algorithm="norm")
                 optimizer.step()
+                scheduler.step()
                 totals += torch.tensor([policy_loss.item(), value_loss.item(), clip_fraction.item(), 1.0])
         policy_loss, value_loss, clip_fraction = (totals[:3] / totals[3]).tolist()
         figures = {
@@ -226,6 +256,7 @@ class PPOModule(GPTModule):
             "clip_fraction": clip_fraction,
         }
         self.history.append(figures)
+        self.log_learning_rate()
         self.log_dict({f"ppo/{k}": float(v) for k, v in figures.items()}, prog_bar=False)
         self.log_examples(figures["update"], rollout["examples"][: cfg["examples_per_update"]])
 
@@ -243,7 +274,7 @@ class PPOModule(GPTModule):
                 logger.log_text(key="ppo/samples", columns=columns, data=[[update, *row] for row in rows])
 
     def on_save_checkpoint(self, checkpoint):
-        super().on_save_checkpoint(checkpoint)
+        super().on_save_checkpoint(checkpoint)  # kind, run config, RNG
         # Only the policy: the checkpoint is a language model that sample.py and load_model read.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         checkpoint["ppo_history"] = self.history

@@ -1,4 +1,5 @@
-"""The LightningModule: trains any model of gpt.core.model with AdamW and a warmup + cosine schedule."""
+"""The LightningModules' shared base (checkpoint record, RNG, optimizer) and GPTModule, which pre-trains any
+model of gpt.core.model with AdamW and a warmup + cosine schedule."""
 
 import logging
 import math
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from gpt.core.checkpoint import KIND_KEY
 from gpt.core.model import build_model
 from gpt.core.tokenizer import CharTokenizer
 
@@ -28,17 +30,19 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: floa
     return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
 
 
-class GPTModule(L.LightningModule):
-    """Wraps a language model of gpt.core.model.
+class CheckpointedModule(L.LightningModule):
+    """What every LightningModule of this project shares (GPTModule, and the post-training stages).
 
-    Its hyperparameters (model config, optimizer config, vocabulary) are plain data stored in every
-    checkpoint, so a checkpoint alone rebuilds the model and tokenizer. ``run_config``, the whole config of
-    the run, is stored beside them as a record of how the checkpoint was made.
+    - Its checkpoint follows the contract of gpt.core.checkpoint: the ``kind`` (the class's ``KIND``), the
+      model config and vocabulary (the hyperparameters, plain data), and ``config``, the whole config of the
+      run, as a record of how it was made; and every rank's RNG states, restored on resume.
+    - Each rank draws its own dropout stream from ``seed`` when fit starts.
+    - The tokenizer of the vocabulary; AdamW with warmup + cosine decay (``optim``); ``train/lr`` logging.
 
-    With ``compile`` the training forward pass goes through ``torch.compile(self.model.forward)``: the
-    compiled function is not a submodule, so the weights keep their names and a checkpoint loads the same
-    whether or not it was trained compiled. Validation and sampling use the eager model (their shapes vary).
+    A subclass builds its own ``self.model``; extra hyperparameters (``**hparams``) are saved beside the rest.
     """
+
+    KIND: str  # "pretrained", "sft", "ppo" or "reward": see gpt.core.checkpoint.KINDS
 
     def __init__(
         self,
@@ -46,86 +50,44 @@ class GPTModule(L.LightningModule):
         optim: dict,
         vocab: list[str],
         run_config: dict | None = None,
-        compile: bool = False,
         seed: int = 0,
+        **hparams,
     ):
         super().__init__()
-        self.save_hyperparameters("model", "optim", "vocab", logger=False)  # train.py logs run_config
+        # train.py and finetune.py log run_config themselves
+        self.save_hyperparameters({"model": model, "optim": optim, "vocab": vocab, **hparams}, logger=False)
         self.run_config = run_config
         self.seed = seed  # of each rank's dropout stream (the weights are drawn before, the batches elsewhere)
         self.tokenizer = CharTokenizer(vocab)
-        self.model = build_model(vocab_size=len(vocab), **model)
-        self.compiled = compile
-        self.train_forward = torch.compile(self.model.forward) if compile else self.model.forward
-        self.fit_started = None
 
-    def __getstate__(self):
-        # ddp_spawn pickles the module for its worker processes, and a compiled function does not pickle:
-        # leave it out and compile again on arrival.
-        return {**super().__getstate__(), "train_forward": None}
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.train_forward = torch.compile(self.model.forward) if self.compiled else self.model.forward
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        _, loss = self.train_forward(x, y)
-        # A logged tensor stays on the device until a logger or the progress bar reads it (every
-        # trainer.log_every_n_steps): no host sync in the step.
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_learning_rate()
-        return loss
-
-    def log_learning_rate(self) -> None:
-        """``train/lr``, on the steps the loggers record only: a logged float is copied to the device, which
-        on a GPU waits for the queue of kernels."""
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        # FSDP shards the gradients, so only the sharded model can compute their global norm: Lightning's own
-        # clipping refuses FSDP and asks for the model's clip_grad_norm_.
-        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
-            self.trainer.model.clip_grad_norm_(gradient_clip_val)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        # Lightning runs this in eval mode (no dropout) under no_grad and averages over the batches
-        # (and, with sync_dist, over the devices that each evaluated a share of the chunks).
-        x, y = batch
-        _, loss = self.model(x, y)
-        name = ("val/loss", "train/loss_eval")[dataloader_idx]
-        self.log(name, loss, add_dataloader_idx=False, prog_bar=dataloader_idx == 0, sync_dist=True)
-
-    def on_fit_start(self):
-        self.fit_started = time.perf_counter()
-
-    def on_validation_epoch_end(self):
-        # Wall time beside each validation loss: runs are compared per second, not only per step.
-        if self.fit_started is not None:
-            self.log("time/elapsed_s", time.perf_counter() - self.fit_started, sync_dist=True)
-
-    def configure_optimizers(self):
+    def adamw(self, params, decay_steps: int | None = None):
+        """AdamW over ``params`` and its LambdaLR schedule (stepped once per optimizer step), as ``optim`` says:
+        weight decay on the matrices (weights, embeddings) only; warmup, cosine decay to ``min_lr`` at
+        ``decay_steps`` (``optim.decay_steps`` unless given), then flat."""
         cfg = self.hparams.optim
-        # Decay the matrices (weights, embeddings); leave biases and LayerNorm gains alone.
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in params if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+        if not cfg["weight_decay"]:  # one group, in the models' order: the order the gradient norm is summed in
+            groups = [{"params": params, "weight_decay": 0.0}]
         # The fused kernel updates every parameter in one launch; it exists for CUDA tensors only.
         fused = self.device.type == "cuda" if cfg.get("fused", "auto") == "auto" else cfg["fused"]
         optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
         schedule = partial(
             lr_factor,
             warmup_steps=cfg["warmup_steps"],
-            decay_steps=cfg["decay_steps"],
+            decay_steps=cfg["decay_steps"] if decay_steps is None else decay_steps,
             min_lr_ratio=cfg["min_lr"] / cfg["lr"],
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def log_learning_rate(self) -> None:
+        """``train/lr``, on the steps the loggers record only: a logged float is copied to the device, which
+        on a GPU waits for the queue of kernels."""
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
 
     def setup(self, stage):
         # Each rank draws its own dropout masks: the same seed everywhere would drop the same units on every
@@ -134,21 +96,15 @@ class GPTModule(L.LightningModule):
             torch.manual_seed(rank_seed(self.seed, self.global_rank))
 
     def on_save_checkpoint(self, checkpoint):
-        # Lightning saves model, optimizer, scheduler and loop state; add every rank's RNGs (dropout draws from
-        # them). Every rank runs this hook; rank 0 writes the file, so the states are gathered to it.
+        # Lightning saves model, optimizer, scheduler and loop state; add the kind, the run config and every
+        # rank's RNGs (dropout draws from them). Every rank runs this hook; rank 0 writes the file, so the
+        # states are gathered to it.
+        checkpoint[KIND_KEY] = self.KIND
         checkpoint["config"] = self.run_config
         checkpoint["rng"] = {name: self._gather(state) for name, state in self._rng_states().items()}
 
     def on_load_checkpoint(self, checkpoint):
         self._restore_rng(checkpoint)
-        if "loops" in checkpoint:
-            # Lightning counts the interval between validations in micro-batches since the run began. Restate
-            # that count in this run's micro-batches, so that a run resumed with another accumulation (another
-            # device count, the same batch) still validates and checkpoints on the same optimizer steps.
-            micro_batches = checkpoint["global_step"] * self.trainer.accumulate_grad_batches
-            progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-            for counts in (progress["total"], progress["current"]):
-                counts.update(dict.fromkeys(counts, micro_batches))
 
     def _restore_rng(self, checkpoint):
         rng, rank, world_size = checkpoint.get("rng"), self.global_rank, self.trainer.world_size
@@ -184,6 +140,92 @@ class GPTModule(L.LightningModule):
         if world_size == 1:
             return state[None]
         return self.all_gather(state.to(self._rank_device())).cpu().view(world_size, -1)
+
+
+class GPTModule(CheckpointedModule):
+    """Pre-trains a language model of gpt.core.model; its checkpoints are of kind ``pretrained``.
+
+    Its hyperparameters (model config, optimizer config, vocabulary) are plain data stored in every
+    checkpoint, so a checkpoint alone rebuilds the model and tokenizer (see ``CheckpointedModule``).
+
+    With ``compile`` the training forward pass goes through ``torch.compile(self.model.forward)``: the
+    compiled function is not a submodule, so the weights keep their names and a checkpoint loads the same
+    whether or not it was trained compiled. Validation and sampling use the eager model (their shapes vary).
+    """
+
+    KIND = "pretrained"
+
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        vocab: list[str],
+        run_config: dict | None = None,
+        compile: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__(model, optim, vocab, run_config, seed)
+        self.model = build_model(vocab_size=len(vocab), **model)
+        self.compiled = compile
+        self.train_forward = torch.compile(self.model.forward) if compile else self.model.forward
+        self.fit_started = None
+
+    def __getstate__(self):
+        # ddp_spawn pickles the module for its worker processes, and a compiled function does not pickle:
+        # leave it out and compile again on arrival.
+        return {**super().__getstate__(), "train_forward": None}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.train_forward = torch.compile(self.model.forward) if self.compiled else self.model.forward
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        _, loss = self.train_forward(x, y)
+        # A logged tensor stays on the device until a logger or the progress bar reads it (every
+        # trainer.log_every_n_steps): no host sync in the step.
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_learning_rate()
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # FSDP shards the gradients, so only the sharded model can compute their global norm: Lightning's own
+        # clipping refuses FSDP and asks for the model's clip_grad_norm_.
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        # Lightning runs this in eval mode (no dropout) under no_grad and averages over the batches
+        # (and, with sync_dist, over the devices that each evaluated a share of the chunks).
+        x, y = batch
+        _, loss = self.model(x, y)
+        name = ("val/loss", "train/loss_eval")[dataloader_idx]
+        self.log(name, loss, add_dataloader_idx=False, prog_bar=dataloader_idx == 0, sync_dist=True)
+
+    def on_fit_start(self):
+        self.fit_started = time.perf_counter()
+
+    def on_validation_epoch_end(self):
+        # Wall time beside each validation loss: runs are compared per second, not only per step.
+        if self.fit_started is not None:
+            self.log("time/elapsed_s", time.perf_counter() - self.fit_started, sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = self.adamw(self.model.parameters())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)  # the RNG states
+        if "loops" in checkpoint:
+            # Lightning counts the interval between validations in micro-batches since the run began. Restate
+            # that count in this run's micro-batches, so that a run resumed with another accumulation (another
+            # device count, the same batch) still validates and checkpoints on the same optimizer steps.
+            micro_batches = checkpoint["global_step"] * self.trainer.accumulate_grad_batches
+            progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+            for counts in (progress["total"], progress["current"]):
+                counts.update(dict.fromkeys(counts, micro_batches))
 
 
 def rank_seed(*key: int) -> int:

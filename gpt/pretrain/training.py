@@ -17,7 +17,7 @@ from lightning.pytorch.strategies.launchers import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from gpt.core.checkpoint import load_model, read_checkpoint
+from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import ARCHITECTURES, MIXERS
@@ -78,20 +78,25 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def check_resumable(ckpt_path: str, module: GPTModule, max_steps: int | None = None) -> None:
-    """Refuse to resume from a checkpoint of another model or vocabulary, or one that has already trained
-    ``max_steps`` steps (nothing would run), before training touches anything."""
-    checkpoint = read_checkpoint(ckpt_path)
-    if max_steps is not None and checkpoint.get("global_step", 0) >= max_steps:
+RESUMABLE = ("pretrained",)  # ckpt_path= continues pre-training: fine-tuned models go on with finetune.py
+
+
+def check_resumable(checkpoint: Checkpoint, module: GPTModule, max_steps: int | None = None) -> None:
+    """Refuse to resume from a checkpoint of another kind (a fine-tuned model), of another model or
+    vocabulary, or one that has already trained ``max_steps`` steps (nothing would run), before training
+    touches anything."""
+    checkpoint.require(RESUMABLE, "train.py ckpt_path=")
+    path, step = checkpoint.path, checkpoint.raw.get("global_step", 0)
+    if max_steps is not None and step >= max_steps:
         raise UserError(
-            f"{ckpt_path} has already trained {checkpoint['global_step']} steps, trainer.max_steps={max_steps}: "
-            "raise trainer.max_steps to train on"
+            f"{path} has already trained {step} steps, trainer.max_steps={max_steps}: raise trainer.max_steps "
+            "to train on"
         )
-    saved = checkpoint["hyper_parameters"]
+    saved = {"model": checkpoint.model_config, "vocab": checkpoint.vocab}
     for key in ("model", "vocab"):
         if saved[key] != module.hparams[key]:
             raise UserError(
-                f"cannot resume from {ckpt_path}: it was trained with {key}={saved[key]}, this run has "
+                f"cannot resume from {path}: it was trained with {key}={saved[key]}, this run has "
                 f"{key}={module.hparams[key]}; use the checkpoint's settings (its run's .hydra/config.yaml)"
             )
 
@@ -170,7 +175,7 @@ def recover_spawned_fit(trainer: L.Trainer) -> None:
     if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         return
     best = trainer.checkpoint_callback
-    checkpoint = read_checkpoint(Path(best.dirpath) / f"{best.CHECKPOINT_NAME_LAST}{best.FILE_EXTENSION}")
+    checkpoint = read_checkpoint(Path(best.dirpath) / f"{best.CHECKPOINT_NAME_LAST}{best.FILE_EXTENSION}").raw
     best.load_state_dict(checkpoint["callbacks"][best.state_key])
     trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])
 
@@ -178,6 +183,7 @@ def recover_spawned_fit(trainer: L.Trainer) -> None:
 def train(cfg: DictConfig) -> float:
     """Train as ``cfg`` says; returns the best validation loss (the value a sweep minimises)."""
     check_config(cfg)
+    resume = read_checkpoint(cfg.ckpt_path).require(RESUMABLE, "train.py ckpt_path=") if cfg.ckpt_path else None
     resolve_speed_settings(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -186,10 +192,10 @@ def train(cfg: DictConfig) -> float:
     datamodule.setup("fit")  # the corpus decides the vocabulary, which sizes the model
     vocab = datamodule.tokenizer.chars
     module = GPTModule(config["model"], config["optim"], vocab, run_config=config, compile=cfg.compile, seed=cfg.seed)
-    if cfg.ckpt_path:
-        check_resumable(cfg.ckpt_path, module, cfg.trainer.max_steps)
+    if resume is not None:
+        check_resumable(resume, module, cfg.trainer.max_steps)
 
-    loggers = instantiate_loggers(cfg.logger, cfg.ckpt_path)
+    loggers = instantiate_loggers(cfg.logger, resume)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     trainer = build_trainer(cfg, loggers, callbacks)
     for logger in loggers:
@@ -199,7 +205,7 @@ def train(cfg: DictConfig) -> float:
 
     best = trainer.checkpoint_callback
     if trainer.is_global_zero:
-        model, tokenizer = load_model(best.best_model_path, module.device)
+        model, tokenizer = load_model(best.best_model_path, module.device, kinds=("pretrained",), job="train.py")
         idx = torch.tensor([tokenizer.prompt_ids()], device=module.device)
         sample = tokenizer.decode(model.generate(idx, 300)[0].tolist())
         log.info(f"sample from the best checkpoint:{sample}")
