@@ -43,6 +43,7 @@ from gpt.core.model import build_model
 from gpt.pretrain.plots import read_metrics
 from gpt.pretrain.tracking import RESULT_FILE
 from gpt.core.config import compose_config
+from gpt.core.report import markdown_table
 from gpt.core.trainer import allow_clipping_with_fused_optimizers
 from gpt.pretrain.training import resolve_speed_settings
 
@@ -300,10 +301,7 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
         return f"{value:,.3g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
 
     print(f"\n## {title}\n")
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(show(row[c]) for c in columns) + " |")
+    print(markdown_table(columns, [[show(row[c]) for c in columns] for row in rows]), end="")
 
 
 def main() -> None:

@@ -51,15 +51,14 @@ def measure(model, tokenizer, sft, reward_model, pairs, qa: QAData, cfg: DictCon
         cfg.temperature,
     )
     x, y, answer_mask = (t.to(idx.device) for t in encode_documents(pairs, tokenizer))
+    rating = Rating.means(ratings)
     figures = {
-        "rater": sum(r.total for r in ratings) / len(ratings),
-        **{c: sum(getattr(r, c) for r in ratings) / len(ratings) for c in Rating.COMPONENTS},
+        "rater": rating["total"],
+        **{c: rating[c] for c in Rating.COMPONENTS},
         "reward_model": reward_model.score(idx, prompt_lengths + answers.lengths).mean().item(),
         "kl_to_sft": (kl * mask).sum(1).mean().item(),
         "answer_loss": answer_loss(model(x)[0], y, answer_mask).item(),
-        "stop_rate": answers.stopped.float().mean().item(),
-        "distinct": len(set(texts)) / len(texts),
-        "answer_chars": (answers.lengths - answers.stopped.long()).float().mean().item(),
+        **answers.stats(texts),
     }
     return figures, [text if stopped else text + " …" for text, stopped in zip(texts, answers.stopped.tolist())]
 

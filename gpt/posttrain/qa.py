@@ -104,6 +104,11 @@ class Rating:
 
     COMPONENTS = ("known_words", "sentence_end", "good_length", "repetition")
 
+    @staticmethod
+    def means(ratings: list["Rating"]) -> dict[str, float]:
+        """The mean total (under "total") and the mean of each component."""
+        return {name: sum(getattr(r, name) for r in ratings) / len(ratings) for name in ("total", *Rating.COMPONENTS)}
+
 
 class Rater:
     """A deterministic "well-formed reply" score of an answer, standing in for people who rank answers.

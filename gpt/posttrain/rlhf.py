@@ -139,6 +139,14 @@ class Answers:
             for row, n, stop in zip(self.tokens, self.lengths.tolist(), self.stopped.tolist())
         ]
 
+    def stats(self, texts: list[str]) -> dict[str, float]:
+        """How often the answers stop, how many of their ``texts`` differ, and their mean length (stop excluded)."""
+        return {
+            "stop_rate": self.stopped.float().mean().item(),
+            "distinct": len(set(texts)) / len(texts),
+            "answer_chars": (self.lengths - self.stopped.long()).float().mean().item(),
+        }
+
 
 @torch.no_grad()
 def sample_answers(model: GPT, prompts: list[list[int]], stop_id: int, temperature=1.0, generator=None) -> Answers:

@@ -191,15 +191,14 @@ class PPOModule(CheckpointedModule):
 
         texts = answers.texts(self.tokenizer)
         ratings = [self.rater.rate(text, stop) for text, stop in zip(texts, answers.stopped.tolist())]
+        rating = Rating.means(ratings)
         stats = {
             "rm_score": scores.mean(),
-            "rater_score": sum(r.total for r in ratings) / len(ratings),
-            **{f"rater_{c}": sum(getattr(r, c) for r in ratings) / len(ratings) for c in Rating.COMPONENTS},
+            "rater_score": rating["total"],
+            **{f"rater_{c}": rating[c] for c in Rating.COMPONENTS},
             "kl": (kl_divergence(logits, reference_logits, temperature) * mask).sum(1).mean(),
             "entropy": masked_mean(entropy(logits, temperature), mask),
-            "stop_rate": answers.stopped.float().mean(),
-            "distinct": len(set(texts)) / len(texts),
-            "answer_chars": (answers.lengths - answers.stopped.long()).float().mean(),
+            **answers.stats(texts),
         }
         examples = [
             (self.tokenizer.decode(p), text, score, rating.total)

@@ -24,6 +24,7 @@ from gpt.core.checkpoint import load_model
 from gpt.core.config import CONF, compose_config
 from gpt.core.errors import UserError
 from gpt.core.job import run_job
+from gpt.core.report import markdown_table
 from gpt.pretrain.plots import read_metrics
 
 RUNGS = {int(p.stem.split("_")[0]): p.stem for p in (CONF / "model" / "ladder").glob("*.yaml")}  # 4: "4_single_head"
@@ -83,12 +84,14 @@ def train_rung(rung: str, overrides: list[str], run_dir: Path) -> dict:
     }
 
 
-def markdown_table(results: list[dict]) -> str:
-    lines = ["| rung | parameters | train loss | val loss | wall time |", "| --- | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        name = r["rung"].replace("_", " ", 1).replace("_", "-")
-        lines.append(f"| {name} | {r['parameters']:,} | {r['train']:.3f} | {r['val']:.3f} | {r['seconds']:.1f} s |")
-    return "\n".join(lines) + "\n"
+def ladder_table(results: list[dict]) -> str:
+    rows = [
+        [r["rung"].replace("_", " ", 1).replace("_", "-"), f"{r['parameters']:,}", f"{r['train']:.3f}",
+         f"{r['val']:.3f}", f"{r['seconds']:.1f} s"]
+        for r in results
+    ]  # fmt: skip
+    header = ["rung", "parameters", "train loss", "val loss", "wall time"]
+    return markdown_table(header, rows, align=["---", "---:", "---:", "---:", "---:"])
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -139,7 +142,7 @@ def main(argv=None) -> Path:
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
 
-    table = markdown_table(results)
+    table = ladder_table(results)
     (out / "ladder.md").write_text(table)
     plot(results, out / "ladder.png", f"{args.steps} steps of batch {args.batch_size} per rung")
     print(f"\n{table}\ntable: {out / 'ladder.md'}\nplot:  {out / 'ladder.png'}")

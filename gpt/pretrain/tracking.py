@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 from hydra.experimental.callback import Callback
 
+from gpt.core.report import markdown_table
+
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.yaml"  # in each run folder: what the run achieved, read by SweepSummary
@@ -51,17 +53,12 @@ class SweepSummary(Callback):
             return
         common = set.intersection(*(set(overrides) for _, overrides, _ in jobs))
         jobs.sort(key=lambda job: (job[2] is None, job[2] or 0.0))
-        lines = [
-            f"# {sweep_dir}: {len(jobs)} jobs, best first",
-            "",
-            f"Common to all jobs: {_quoted(sorted(common))}" if common else "No override common to all jobs.",
-            "",
-            "| rank | job | overrides | best val loss |",
-            "| --- | --- | --- | --- |",
+        rows = [
+            [rank, job, _quoted(o for o in overrides if o not in common), "failed" if loss is None else f"{loss:.4f}"]
+            for rank, (job, overrides, loss) in enumerate(jobs, 1)
         ]
-        for rank, (job, overrides, loss) in enumerate(jobs, 1):
-            varied = _quoted(o for o in overrides if o not in common)
-            lines.append(f"| {rank} | {job} | {varied} | {'failed' if loss is None else f'{loss:.4f}'} |")
+        table = markdown_table(["rank", "job", "overrides", "best val loss"], rows)
+        common_line = f"Common to all jobs: {_quoted(sorted(common))}" if common else "No override common to all jobs."
         path = sweep_dir / SUMMARY_FILE
-        path.write_text("\n".join(lines) + "\n")
-        log.info(f"sweep summary {path}:\n" + "\n".join(lines[4:]))
+        path.write_text(f"# {sweep_dir}: {len(jobs)} jobs, best first\n\n{common_line}\n\n{table}")
+        log.info(f"sweep summary {path}:\n{table}")
