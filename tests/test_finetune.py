@@ -1,6 +1,8 @@
 """The three stages of finetune.py and evaluate.py end to end (quick mode): a tiny GPT on the synthetic corpus."""
 
+import os
 import re
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -10,8 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from gpt.core.checkpoint import load_model, read_checkpoint
 from gpt.core.errors import UserError
-from gpt.posttrain.evaluation import evaluate
-from gpt.posttrain.finetuning import encode_documents, finetune, load_qa
+from gpt.posttrain.evaluation import evaluate, pick_checkpoints
+from gpt.posttrain.finetuning import encode_documents, finetune, load_qa, pick_inputs
 from gpt.posttrain.rlhf import answer_loss
 from gpt.pretrain.data import CharDataModule
 from gpt.pretrain.lightning_module import GPTModule
@@ -121,7 +123,7 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["stage=ppo", "init_from={sft}"], "stage=ppo needs reward_model="),
+        (["stage=ppo", "init_from={sft}"], "stage=ppo reward_model= not given and no run under outputs/"),
         (["stage=sft", "init_from={reward_model}"], "is a reward model"),
         (
             ["stage=reward", "init_from={pretrained}"],
@@ -143,7 +145,8 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
         (["stage=sft", "init_from={pretrained}", "trainer.accelerator=cpu", "trainer.devices=2"], "runs on one device"),
     ],
 )
-def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message):
+def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no outputs/ here: nothing to hand on by name
     overrides = [o.format(**pipeline) for o in overrides]
     with pytest.raises(UserError, match=re.escape(message)) as err:
         finetune(config("finetune", pipeline["data"], f"output_dir={tmp_path}", *overrides))
@@ -176,6 +179,34 @@ def test_evaluation_refuses_a_checkpoint_of_the_wrong_kind_in_one_line(pipeline,
 
 
 def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
-    result = run_script("finetune.py", "stage=ppo", "init_from=sft.ckpt", f"hydra.run.dir={tmp_path}")
+    result = run_script("finetune.py", "stage=ppo", "init_from=sft.ckpt", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: invalid config:\n  - stage=ppo needs reward_model=<stage=reward ckpt>"
+    assert result.stderr.strip() == (
+        "error: finetune.py stage=ppo reward_model= not given and no run under outputs/ or multirun/ has one: "
+        "run finetune.py stage=reward first"
+    )
+
+
+def test_each_stage_takes_the_latest_checkpoint_of_the_kind_it_needs_by_name(pipeline, tmp_path, monkeypatch):
+    """A project's outputs/ holding a run of each stage: finetune.py and evaluate.py need no paths."""
+    files = [("pretrained", "best.ckpt"), ("sft", "sft.ckpt"), ("reward_model", "reward.ckpt"), ("ppo", "ppo.ckpt")]
+    for age, (key, name) in enumerate(files):
+        folder = tmp_path / "outputs" / f"run{age}" / "checkpoints"
+        folder.mkdir(parents=True)
+        shutil.copy(pipeline[key], folder / name)
+        os.utime(folder / name, (1e9 + age, 1e9 + age))  # each stage's run newer than the one before
+    monkeypatch.chdir(tmp_path)
+    expected = {
+        "sft": {"init_from": "run0"},
+        "reward": {"init_from": "run1"},
+        "ppo": {"init_from": "run1", "reward_model": "run2"},
+    }
+    for stage, picked in expected.items():
+        cfg = config("finetune", f"stage={stage}", pipeline["data"])
+        pick_inputs(cfg)
+        assert {key: Path(cfg[key]).parts[1] for key in picked} == picked
+    cfg = config("evaluate", pipeline["data"])
+    pick_checkpoints(cfg)
+    picked = [Path(cfg[key]).parts[1] for key in ("pretrained", "sft", "reward_model", "ppo")]
+    assert picked == ["run0", "run1", "run2", "run3"]
+    assert cfg.overoptimised is None

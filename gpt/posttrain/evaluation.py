@@ -12,6 +12,7 @@ from gpt.core.checkpoint import load_model, read_checkpoint
 from gpt.core.device import pick_device
 from gpt.core.errors import UserError
 from gpt.core.report import markdown_table
+from gpt.core.runs import latest, latest_or_refuse
 from gpt.posttrain.qa import Rating
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
 from gpt.posttrain.rlhf import answer_loss, at_answer, join, kl_divergence, length_mask
@@ -84,11 +85,22 @@ def plot_history(runs: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def pick_checkpoints(cfg: DictConfig) -> None:
+    """Fill the checkpoints not given with the latest of their kind, and say which: an SFT model and a reward
+    model must exist; the pre-trained and PPO models are compared when there is one; overoptimised only if given."""
+    for key, kind, required in (("sft", "sft", True), ("reward_model", "reward", True),
+                                ("pretrained", "pretrained", False), ("ppo", "ppo", False)):  # fmt: skip
+        if cfg[key] is not None:
+            continue
+        found = latest_or_refuse((kind,), f"evaluate.py {key}=") if required else getattr(latest((kind,)), "path", None)
+        if found is not None:
+            cfg[key] = str(found)
+            log.info(f"{key}={cfg[key]} (the latest {kind} checkpoint)")
+
+
 def evaluate(cfg: DictConfig) -> str:
     """Write eval.md (figures, examples) and eval.png (PPO curves) into the run folder; returns the table."""
-    for key in ("sft", "reward_model"):
-        if cfg[key] is None:
-            raise UserError(f"{key}=... is required: python evaluate.py sft=CKPT reward_model=CKPT [ppo=CKPT] ...")
+    pick_checkpoints(cfg)
     if cfg.temperature <= 0:
         raise UserError(f"temperature={cfg.temperature} must be > 0")
     # Each file read once, and every kind checked before anything is loaded.

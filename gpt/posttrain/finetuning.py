@@ -14,6 +14,7 @@ from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import GPT, RewardModel
+from gpt.core.runs import latest_or_refuse
 from gpt.core.tokenizer import CharTokenizer
 from gpt.core.trainer import instantiate_trainer
 from gpt.posttrain.qa import prompt_length
@@ -76,8 +77,6 @@ def check_config(cfg: DictConfig) -> None:
 
     stage = cfg.stage
     require(stage.name in STAGES, f"stage={stage.name} is not one of {sorted(STAGES)}")
-    require(cfg.init_from is not None, "init_from=... is required: the checkpoint this stage starts from")
-    require(stage.name != "ppo" or cfg.reward_model is not None, "stage=ppo needs reward_model=<stage=reward ckpt>")
     require(0 < cfg.data.train_fraction < 1, f"data.train_fraction={cfg.data.train_fraction} must be in (0, 1)")
     require(cfg.qa.max_question_chars >= 1 and cfg.qa.max_answer_chars >= 1, "qa.max_*_chars must be >= 1")
     for key in COUNTS:
@@ -123,9 +122,23 @@ def read_inputs(cfg: DictConfig) -> Start:
     return Start(init, policy, tokenizer, reward_model)
 
 
+def pick_inputs(cfg: DictConfig) -> None:
+    """Fill each checkpoint the stage needs and was not given with the latest of its kind, and say which.
+
+    stage=sft starts from the best checkpoint of the latest pre-training run; stage=reward and stage=ppo from
+    the latest SFT model; PPO's reward model is the latest one.
+    """
+    for key, kinds in INPUTS[cfg.stage.name].items():
+        if cfg[key] is None:
+            default = ("pretrained",) if key == "init_from" and cfg.stage.name == "sft" else kinds
+            cfg[key] = str(latest_or_refuse(default, f"finetune.py stage={cfg.stage.name} {key}="))
+            log.info(f"{key}={cfg[key]} (the latest {' or '.join(default)} checkpoint)")
+
+
 def finetune(cfg: DictConfig) -> str:
     """Run the stage ``cfg.stage.name``; returns the path of the checkpoint it wrote."""
     check_config(cfg)
+    pick_inputs(cfg)
     start = read_inputs(cfg)
     check_context(cfg, start.policy.block_size)
     qa = load_qa(cfg)
