@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from gpt.core.config import compose_config
 from gpt.core.errors import UserError
 from gpt.pretrain.lightning_module import GPTModule
-from gpt.pretrain.training import check_config, resolve_speed_settings
+from gpt.pretrain.training import check_config, fit_to_run_length, resolve_speed_settings
 
 from .conftest import ROOT, run_script
 
@@ -80,6 +80,19 @@ def test_invalid_config_lists_every_problem_at_once():
 def test_validation_must_fall_on_the_last_step():
     with pytest.raises(UserError, match="multiple of trainer.val_check_interval"):
         check_config(compose_train("trainer.max_steps=1000", "trainer.val_check_interval=300"))
+
+
+@pytest.mark.parametrize(
+    "steps, interval, warmup, fitted",
+    [(1000, 300, 100, (250, 100)), (20, 250, 100, (20, 2)), (2000, 250, 100, (250, 100)), (7, 5, 0, (1, 0))],
+)
+def test_a_run_of_any_length_gets_an_interval_and_warmup_that_fit(steps, interval, warmup, fitted):
+    cfg = compose_train(
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={interval}", f"optim.warmup_steps={warmup}"
+    )
+    fit_to_run_length(cfg)
+    check_config(cfg)
+    assert (cfg.trainer.val_check_interval, cfg.optim.warmup_steps) == fitted
 
 
 def test_help_lists_the_config_groups():

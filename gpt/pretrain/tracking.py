@@ -3,6 +3,7 @@
 Imported by Hydra for its callbacks in every train.py process, so it loads nothing heavy.
 """
 
+import csv
 import logging
 from pathlib import Path
 
@@ -22,6 +23,27 @@ def write_result(run_dir, **result) -> Path:
     path = Path(run_dir) / RESULT_FILE
     path.write_text(yaml.safe_dump(result, sort_keys=False))
     return path
+
+
+def continue_metrics(previous, current, resumed_at: int) -> None:
+    """Put the rows of the run a resumed run started from (``previous``, a metrics.csv, if it still exists) before
+    those of ``current``, up to the resume step: the resumed run's metrics.csv (and its plot) hold the whole curve,
+    also after several resumes, since each file then holds all that came before it."""
+    previous, current = Path(previous), Path(current)
+    if not previous.is_file() or previous.resolve() == current.resolve():
+        return
+    before = [row for row in _rows(previous) if int(row["step"]) < resumed_at]
+    after = _rows(current)
+    columns = list(dict.fromkeys(key for row in before + after for key in row))
+    with open(current, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(before + after)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _quoted(overrides) -> str:

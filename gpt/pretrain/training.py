@@ -21,13 +21,85 @@ from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import ARCHITECTURES, MIXERS
+from gpt.core.runs import latest
 from gpt.core.trainer import instantiate_trainer
 from gpt.pretrain.data import micro_batch_size
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.plots import plot_losses
-from gpt.pretrain.tracking import write_result
+from gpt.pretrain.tracking import continue_metrics, write_result
 
 log = logging.getLogger(__name__)
+
+
+def fit_to_run_length(cfg: DictConfig) -> None:
+    """Fit the validation interval and the warmup to the run's length, so that a short run just works; say so.
+
+    The interval becomes the largest one up to the configured interval that divides ``trainer.max_steps`` (the
+    last step is always validated and checkpointed); a warmup longer than the schedule becomes a tenth of it.
+    """
+    trainer, optim = cfg.trainer, cfg.optim
+    interval, steps = trainer.val_check_interval, trainer.max_steps
+    if isinstance(interval, int) and isinstance(steps, int) and interval >= 1 and steps >= 1 and steps % interval:
+        fitted = max(d for d in range(1, min(interval, steps) + 1) if steps % d == 0)
+        log.info(
+            f"trainer.val_check_interval={interval} -> {fitted}: the largest interval up to it that divides "
+            f"trainer.max_steps={steps}, so that the last step is validated and checkpointed"
+        )
+        trainer.val_check_interval = fitted
+    if optim.decay_steps >= 1 and optim.warmup_steps > optim.decay_steps:
+        fitted = optim.decay_steps // 10
+        log.info(f"optim.warmup_steps={optim.warmup_steps} -> {fitted}: a tenth of the {optim.decay_steps}-step run")
+        optim.warmup_steps = fitted
+
+
+def keep_schedule(cfg: DictConfig, checkpoint: Checkpoint) -> None:
+    """A resumed run goes on with its checkpoint's learning-rate schedule, never a silently different one.
+
+    Raising ``trainer.max_steps`` (which ``optim.decay_steps`` follows) would recompute the schedule over the
+    new horizon and make the learning rate jump at the resume step: the checkpoint's ``decay_steps`` is kept,
+    so the steps past it train at ``min_lr`` (a constant tail). Any other change of the optimizer's settings
+    would be overwritten by the optimizer state the checkpoint restores: it is refused.
+    """
+    saved, optim = checkpoint.raw["hyper_parameters"]["optim"], OmegaConf.to_container(cfg.optim, resolve=True)
+    free = ("decay_steps", "fused")  # the horizon is kept below; fused only changes how the same step is computed
+    changed = [
+        f"optim.{key}={optim[key]} (the checkpoint has {value})"
+        for key, value in saved.items()
+        if key in optim and key not in free and optim[key] != value
+    ]
+    if changed:
+        raise UserError(
+            f"cannot resume from {checkpoint.path} with another optimizer setting: {', '.join(changed)}; resume "
+            "with the checkpoint's, or start a new run (ckpt_path=null) to train with these"
+        )
+    if saved["decay_steps"] != optim["decay_steps"]:
+        log.info(
+            f"resuming keeps the checkpoint's schedule: it reaches optim.min_lr={saved['min_lr']} at step "
+            f"{saved['decay_steps']}, and any step after that trains at min_lr"
+        )
+        cfg.optim.decay_steps = saved["decay_steps"]
+
+
+def latest_resumable(cfg: DictConfig, vocab: list[str]) -> Checkpoint | None:
+    """For ``resume=auto``: the newest ``last.ckpt`` of a run with this model, data and vocabulary that has
+    steps left to train (a raised ``trainer.max_steps`` gives it more); None, and a fresh start, if there is none."""
+    model, data_path = OmegaConf.to_container(cfg.model, resolve=True), cfg.data.path
+
+    def same_run(checkpoint: Checkpoint) -> bool:
+        data = (checkpoint.raw.get("config") or {}).get("data") or {}
+        return (
+            checkpoint.model_config == model
+            and checkpoint.vocab == vocab
+            and data.get("path") == data_path
+            and checkpoint.raw.get("global_step", 0) < cfg.trainer.max_steps
+        )
+
+    checkpoint = latest(RESUMABLE, name="last.ckpt", accept=same_run)
+    if checkpoint is None:
+        log.info("resume=auto: no earlier run of this model on this data has steps left; starting fresh")
+    else:
+        log.info(f"resume=auto: resuming {checkpoint.path} at step {checkpoint.raw['global_step']}")
+    return checkpoint
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -182,15 +254,21 @@ def recover_spawned_fit(trainer: L.Trainer) -> None:
 
 def train(cfg: DictConfig) -> float:
     """Train as ``cfg`` says; returns the best validation loss (the value a sweep minimises)."""
+    fit_to_run_length(cfg)
     check_config(cfg)
     resume = read_checkpoint(cfg.ckpt_path).require(RESUMABLE, "train.py ckpt_path=") if cfg.ckpt_path else None
-    resolve_speed_settings(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # download once, here, before any DDP worker starts
     datamodule.setup("fit")  # the corpus decides the vocabulary, which sizes the model
     vocab = datamodule.tokenizer.chars
+    if cfg.resume == "auto" and resume is None:
+        resume = latest_resumable(cfg, vocab)
+    if resume is not None:
+        keep_schedule(cfg, resume)
+        cfg.ckpt_path = str(resume.path)
+    resolve_speed_settings(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
     module = GPTModule(config["model"], config["optim"], vocab, run_config=config, compile=cfg.compile, seed=cfg.seed)
     if resume is not None:
         check_resumable(resume, module, cfg.trainer.max_steps)
@@ -219,6 +297,9 @@ def train(cfg: DictConfig) -> float:
         )
         for logger in loggers:
             if isinstance(logger, CSVLogger):
-                plot = plot_losses(logger.experiment.metrics_file_path, result.parent / "loss.png")
+                metrics = logger.experiment.metrics_file_path
+                if resume is not None:  # the curve before the resume step, from the run it resumed
+                    continue_metrics(resume.path.parent.parent / Path(metrics).name, metrics, resume.raw["global_step"])
+                plot = plot_losses(metrics, result.parent / "loss.png")
                 log.info(f"loss curves: {plot}")
     return float(best.best_model_score)
