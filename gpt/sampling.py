@@ -1,5 +1,5 @@
-"""The sampling job behind sample.py: load a checkpoint and stream generated text to stdout, or draw where
-one attention head looks over the prompt."""
+"""The sampling jobs: sample.py (load a checkpoint and stream generated text to stdout, or draw where one
+attention head looks over the prompt) and chat.py (answer questions with a fine-tuned model)."""
 
 import sys
 from pathlib import Path
@@ -10,6 +10,8 @@ from omegaconf import DictConfig
 from gpt.core.checkpoint import LANGUAGE_MODELS, load_model
 from gpt.core.device import pick_device
 from gpt.core.errors import UserError
+from gpt.core.runs import latest_or_refuse
+from gpt.posttrain.qa import STOP, QAPair
 
 
 def read_prompt(cfg: DictConfig) -> str:
@@ -58,16 +60,21 @@ def save_attention_map(model, tokenizer, prompt_ids: list[int], path: str, layer
     print(f"attention of layer {layer}, head {head} over {len(chars)} characters: {path}")
 
 
-def sample(cfg: DictConfig) -> None:
-    if cfg.ckpt is None:
-        raise UserError("which checkpoint? python sample.py ckpt=outputs/<date>/<time>/checkpoints/best.ckpt")
+def check_sampling(cfg: DictConfig) -> None:
+    """The sampling settings sample.py and chat.py share, each refused in one line when it cannot work."""
     if cfg.temperature < 0:
         raise UserError(f"temperature={cfg.temperature} must be > 0 (or 0 for greedy decoding)")
     if cfg.top_k is not None and cfg.top_k < 1:
         raise UserError(f"top_k={cfg.top_k} must be >= 1 (or null for no cut-off)")
     for key in ("max_new_tokens", "num_samples"):
-        if cfg[key] < 1:
+        if key in cfg and cfg[key] < 1:
             raise UserError(f"{key}={cfg[key]} must be >= 1")
+
+
+def sample(cfg: DictConfig) -> None:
+    if cfg.ckpt is None:
+        raise UserError("which checkpoint? python sample.py ckpt=outputs/<date>/<time>/checkpoints/best.ckpt")
+    check_sampling(cfg)
     device = pick_device(cfg.device)
     model, tokenizer = load_model(cfg.ckpt, device, kinds=LANGUAGE_MODELS, job="sample.py")
     prompt = read_prompt(cfg)
@@ -87,3 +94,45 @@ def sample(cfg: DictConfig) -> None:
             sys.stdout.write(tokenizer.decode(token[0].tolist()))
             sys.stdout.flush()
     print()
+
+
+CHAT_MODELS = ("ppo", "sft")  # the kinds that answer questions; without ckpt=, the latest PPO model, else SFT
+
+
+def chat(cfg: DictConfig) -> None:
+    """Answer one question per line of standard input with a fine-tuned model, each answer streamed as it is
+    sampled and ended by the stop character. From a terminal a prompt is shown before each question; piped,
+    each answer is one line of output (an empty one where the question could not be asked)."""
+    check_sampling(cfg)
+    path = cfg.ckpt or latest_or_refuse(CHAT_MODELS, "chat.py ckpt=")
+    device = pick_device(cfg.device)
+    model, tokenizer = load_model(path, device, kinds=CHAT_MODELS, job="chat.py")
+    stop = tokenizer.stoi[STOP]
+    terminal = sys.stdin.isatty()
+    if terminal:
+        print(f"{path}: one question per line, Ctrl-D to end", file=sys.stderr)
+    torch.manual_seed(cfg.seed)
+    while (question := read_question(terminal)) is not None:
+        try:
+            idx = torch.tensor([tokenizer.encode(QAPair(question, "").prompt)], device=device)
+        except UserError as err:  # an unknown character: say so, and go on with the next question
+            print(f"error: {err}", file=sys.stderr)
+            print()
+            continue
+        for token in model.generate_stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k):
+            if token.item() == stop:
+                break
+            sys.stdout.write(tokenizer.decode(token[0].tolist()))
+            sys.stdout.flush()
+        print()
+
+
+def read_question(terminal: bool) -> str | None:
+    """The next question (without its newline), or None at the end of the input."""
+    if terminal:
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return line.rstrip("\n") if line else None

@@ -14,14 +14,21 @@ Checkpoints written before the kind was recorded get it inferred: a ``model.head
 model's scalar head) means ``reward``; else the run config's ``stage.name``, when it is ``sft`` or ``ppo``;
 else ``pretrained`` (train.py's run config has no stage).
 
+An exported model (``export.py``) is a folder of two files that load without running any code:
+``model.safetensors`` (the weights) and ``config.json`` (kind, model config, vocabulary). ``read_checkpoint``
+reads such a folder as it reads a file.
+
 Nothing here needs Lightning.
 """
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gpt.core.errors import UserError
@@ -80,6 +87,8 @@ def read_checkpoint(path) -> Checkpoint:
     """Read a checkpoint file safely (plain data, no pickled code) and memory-mapped: a tensor is read from disk
     only when it is used, so looking at a large checkpoint's config costs little."""
     path = Path(path)
+    if path.is_dir():
+        return read_exported(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train.py writes them to <run dir>/checkpoints/")
     try:
@@ -103,6 +112,38 @@ def read_checkpoint(path) -> Checkpoint:
         raw=raw,
         kind_recorded=kind is not None,
     )
+
+
+EXPORT_FORMAT = "char-gpt/1"  # config.json's "format": what a folder of export.py holds
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def write_exported(checkpoint: Checkpoint, folder) -> Path:
+    """Write ``checkpoint``'s model as an exported folder (weights and config only: no optimizer, no code)."""
+    folder = Path(folder)
+    if (folder / WEIGHTS).exists() or (folder / CONFIG).exists():
+        raise UserError(f"{folder} already holds an exported model: choose another out= or remove it first")
+    folder.mkdir(parents=True, exist_ok=True)
+    # Tied weights share one tensor, which safetensors refuses to store twice: each key gets its own copy.
+    weights = {name: tensor.contiguous().clone() for name, tensor in checkpoint.state_dict.items()}
+    save_file(weights, folder / WEIGHTS)
+    config = {"format": EXPORT_FORMAT, "kind": checkpoint.kind}
+    config |= {"model": checkpoint.model_config, "vocab": checkpoint.vocab}
+    (folder / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return folder
+
+
+def read_exported(folder: Path) -> Checkpoint:
+    """An exported folder, read like a checkpoint file: its config (JSON) and weights (safetensors)."""
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        state_dict = load_file(folder / WEIGHTS)
+    except (OSError, ValueError, SafetensorError) as err:
+        raise UserError(f"{folder} is not a model exported by export.py ({WEIGHTS} and {CONFIG}): {err}") from None
+    if config.get("format") != EXPORT_FORMAT or config.get("kind") not in KINDS:
+        raise UserError(f"{folder / CONFIG} is not a config.json of export.py (format {EXPORT_FORMAT})")
+    raw = {KIND_KEY: config["kind"], "hyper_parameters": {"model": config["model"], "vocab": config["vocab"]}}
+    return Checkpoint(folder, config["kind"], config["model"], config["vocab"], state_dict, raw)
 
 
 def load_model(

@@ -17,15 +17,17 @@ def run_job(job, cfg: DictConfig):
     - Lightning's messages appear once: ``import lightning`` gives its logger a console handler of its own,
       and under Hydra's logging, which already prints to the console and the run's log file, every message
       would show twice.
-    - ``cfg.seed`` seeds Python's and torch's generators (on every device) before the job builds anything.
+    - ``cfg.seed``, where the job has one, seeds Python's and torch's generators (on every device) before the
+      job builds anything.
     - A W&B run the job started is finished when it ends, as failed if it raised: W&B keeps one run per
       process, and every job of a multirun after the first would otherwise log into the first one's run.
     - A ``UserError`` ends the process with one line, ``error: ...``, and no traceback.
     """
     logging.getLogger("lightning").handlers.clear()
     quiet_upstream_noise()
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    if "seed" in cfg:  # every job that draws random numbers has one
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
     try:
         with wandb_run_finished():
             return job(cfg)
