@@ -21,6 +21,7 @@ from gpt.posttrain.qa import prompt_length
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
 from gpt.posttrain.rlhf import join
 from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule, pairwise_accuracy
+from gpt.pretrain.callbacks import StepProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,10 @@ def finetune(cfg: DictConfig) -> str:
     config = OmegaConf.to_container(cfg, resolve=True)
 
     loggers = instantiate_loggers(cfg.logger)  # checks the W&B login before anything trains
-    trainer = instantiate_trainer(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
+    # The console train.py shows: progress by step, no "Epoch".
+    shown = cfg.trainer.get("enable_progress_bar", True)
+    bar = [StepProgressBar(refresh_rate=cfg.trainer.log_every_n_steps)] if shown else []
+    trainer = instantiate_trainer(cfg.trainer, logger=loggers or False, enable_checkpointing=False, callbacks=bar)
     if trainer.world_size > 1:
         # Each stage would do the same work on every device: the same batches, the same sampled answers.
         raise UserError(
