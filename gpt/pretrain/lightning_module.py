@@ -1,5 +1,5 @@
 """The LightningModules' shared base (checkpoint record, RNG, optimizer) and GPTModule, which pre-trains any
-model of gpt.core.model with AdamW and a warmup + cosine schedule."""
+model of gpt.core.model with AdamW (or Muon + AdamW) and a warmup + cosine (or warmup-stable-decay) schedule."""
 
 import logging
 import math
@@ -11,7 +11,9 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt.core.checkpoint import KIND_KEY
+from gpt.core.errors import UserError
 from gpt.core.model import build_model
+from gpt.core.muon import NS_DTYPES, MuonWithAdamW
 from gpt.core.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,49 @@ def lr_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: floa
     return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
 
 
+def wsd_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float, decay_fraction: float) -> float:
+    """Warmup-stable-decay: the same linear warmup, then the peak learning rate held, then a linear decay to
+    ``min_lr_ratio`` over the last ``decay_fraction`` of the ``decay_steps`` steps, then flat.
+
+    The long stable phase does not depend on when the run ends, so a checkpoint from it can be decayed at
+    any length (Hu et al. 2024, "MiniCPM"; Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training
+    Beyond Fixed Training Durations").
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_lr_ratio
+    decay_start = max(warmup_steps, decay_steps - decay_fraction * decay_steps)
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (step - decay_start) / (decay_steps - decay_start) * (1.0 - min_lr_ratio)
+
+
+SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
+
+
+def check_optim(optim: dict) -> None:
+    """Raise one UserError for the optimizer settings this module reads that cannot work (``optim`` as in
+    conf/optim/; missing keys take their defaults: an older checkpoint's config is AdamW + cosine)."""
+    problems = []
+    if optim.get("name", "adamw") not in OPTIMIZERS:
+        problems.append(f"optim.name={optim['name']} is not one of {list(OPTIMIZERS)} (choose with optim=...)")
+    if optim.get("schedule", "cosine") not in SCHEDULES:
+        problems.append(f"optim.schedule={optim['schedule']} is not one of {list(SCHEDULES)}")
+    if not 0 <= optim.get("decay_fraction", 0.2) <= 1:
+        problems.append(f"optim.decay_fraction={optim['decay_fraction']} must be in [0, 1]")
+    if optim.get("name") == "muon":
+        if optim.get("ns_dtype", "auto") not in ("auto", *NS_DTYPES):
+            problems.append(f"optim.ns_dtype={optim['ns_dtype']} is not one of {['auto', *NS_DTYPES]}")
+        if not optim.get("muon_lr", 1) > 0:
+            problems.append(f"optim.muon_lr={optim['muon_lr']} must be > 0")
+        if not 0 <= optim.get("muon_momentum", 0.95) < 1:
+            problems.append(f"optim.muon_momentum={optim['muon_momentum']} must be in [0, 1)")
+    if problems:
+        raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
 class CheckpointedModule(L.LightningModule):
     """What every LightningModule of this project shares (GPTModule, and the post-training stages).
 
@@ -37,7 +82,8 @@ class CheckpointedModule(L.LightningModule):
       model config and vocabulary (the hyperparameters, plain data), and ``config``, the whole config of the
       run, as a record of how it was made; and every rank's RNG states, restored on resume.
     - Each rank draws its own dropout stream from ``seed`` when fit starts.
-    - The tokenizer of the vocabulary; AdamW with warmup + cosine decay (``optim``); ``train/lr`` logging.
+    - The tokenizer of the vocabulary; AdamW (or, for pre-training, Muon + AdamW) with warmup and cosine or
+      warmup-stable-decay (``optim``); ``train/lr`` logging.
 
     A subclass builds its own ``self.model``; extra hyperparameters (``**hparams``) are saved beside the rest.
     """
@@ -54,6 +100,7 @@ class CheckpointedModule(L.LightningModule):
         **hparams,
     ):
         super().__init__()
+        check_optim(optim)
         # train.py and finetune.py log run_config themselves
         self.save_hyperparameters({"model": model, "optim": optim, "vocab": vocab, **hparams}, logger=False)
         self.run_config = run_config
@@ -62,8 +109,43 @@ class CheckpointedModule(L.LightningModule):
 
     def adamw(self, params, decay_steps: int | None = None):
         """AdamW over ``params`` and its LambdaLR schedule (stepped once per optimizer step), as ``optim`` says:
-        weight decay on the matrices (weights, embeddings) only; warmup, cosine decay to ``min_lr`` at
+        weight decay on the matrices (weights, embeddings) only; warmup, cosine (or WSD) decay to ``min_lr`` at
         ``decay_steps`` (``optim.decay_steps`` unless given), then flat."""
+        cfg = self.hparams.optim
+        if cfg.get("name", "adamw") != "adamw":
+            raise UserError(f"optim={cfg['name']} is for pre-training (train.py); this stage trains with optim=adamw")
+        optimizer = torch.optim.AdamW(
+            self._adamw_groups(params), lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=self._fused()
+        )
+        return optimizer, self.lr_schedule(optimizer, decay_steps)
+
+    def muon(self, named_params, decay_steps: int | None = None):
+        """Muon + AdamW (gpt.core.muon) over ``named_params`` of a GPT and its schedule: Muon (``optim.muon_*``)
+        for the 2-D matrices inside the blocks (attention and MLP weights), AdamW as ``adamw`` sets it up for
+        the rest (embeddings, head, norm gains, biases). One schedule scales both learning rates."""
+        cfg = self.hparams.optim
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise UserError("optim=muon orthogonalises whole matrices, which FSDP shards: use strategy=ddp")
+        named_params = [(name, p) for name, p in named_params if p.requires_grad]
+        hidden = [p for name, p in named_params if name.startswith("blocks.") and p.dim() == 2]
+        ids = {id(p) for p in hidden}
+        rest = [p for _, p in named_params if id(p) not in ids]
+        # AdamW's groups first: train/lr logs the first group's rate, the same one as under optim=adamw
+        groups = [
+            {**group, "lr": cfg["lr"], "betas": tuple(cfg["betas"]), "fused": self._fused()}
+            for group in self._adamw_groups(rest)
+        ]
+        if hidden:  # none in the ladder's models without blocks
+            groups.append({
+                "params": hidden, "use_muon": True, "lr": cfg["muon_lr"], "momentum": cfg["muon_momentum"],
+                "nesterov": cfg["muon_nesterov"], "weight_decay": cfg["muon_weight_decay"],
+                "ns_steps": cfg["ns_steps"], "ns_dtype": cfg["ns_dtype"],
+            })  # fmt: skip
+        optimizer = MuonWithAdamW([group for group in groups if group["params"]])
+        return optimizer, self.lr_schedule(optimizer, decay_steps)
+
+    def _adamw_groups(self, params) -> list[dict]:
+        """Weight decay on the matrices (weights, embeddings) only."""
         cfg = self.hparams.optim
         params = [p for p in params if p.requires_grad]
         groups = [
@@ -72,16 +154,25 @@ class CheckpointedModule(L.LightningModule):
         ]
         if not cfg["weight_decay"]:  # one group, in the models' order: the order the gradient norm is summed in
             groups = [{"params": params, "weight_decay": 0.0}]
+        return groups
+
+    def _fused(self) -> bool:
         # The fused kernel updates every parameter in one launch; it exists for CUDA tensors only.
-        fused = self.device.type == "cuda" if cfg.get("fused", "auto") == "auto" else cfg["fused"]
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
+        cfg = self.hparams.optim
+        return self.device.type == "cuda" if cfg.get("fused", "auto") == "auto" else cfg["fused"]
+
+    def lr_schedule(self, optimizer, decay_steps: int | None = None):
+        """The LambdaLR of ``optim.schedule`` (cosine or wsd): every group's learning rate times one factor."""
+        cfg = self.hparams.optim
         schedule = partial(
             lr_factor,
             warmup_steps=cfg["warmup_steps"],
             decay_steps=cfg["decay_steps"] if decay_steps is None else decay_steps,
             min_lr_ratio=cfg["min_lr"] / cfg["lr"],
         )
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        if cfg.get("schedule", "cosine") == "wsd":
+            schedule = partial(wsd_factor, **schedule.keywords, decay_fraction=cfg["decay_fraction"])
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def log_learning_rate(self) -> None:
         """``train/lr``, on the steps the loggers record only: a logged float is copied to the device, which
@@ -165,7 +256,10 @@ class GPTModule(CheckpointedModule):
         seed: int = 0,
     ):
         super().__init__(model, optim, vocab, run_config, seed)
-        self.model = build_model(vocab_size=len(vocab), **model)
+        try:
+            self.model = build_model(vocab_size=len(vocab), **model)
+        except ValueError as err:  # a model setting that cannot work: one line from the entry points
+            raise UserError(f"invalid config: {err}") from err
         self.compiled = compile
         self.train_forward = torch.compile(self.model.forward) if compile else self.model.forward
         self.fit_started = None
@@ -213,7 +307,10 @@ class GPTModule(CheckpointedModule):
             self.log("time/elapsed_s", time.perf_counter() - self.fit_started, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer, scheduler = self.adamw(self.model.parameters())
+        if self.hparams.optim.get("name", "adamw") == "muon":
+            optimizer, scheduler = self.muon(self.model.named_parameters())
+        else:
+            optimizer, scheduler = self.adamw(self.model.parameters())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint):
