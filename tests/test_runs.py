@@ -74,3 +74,17 @@ def test_resume_auto_takes_the_latest_run_of_the_same_model_and_data_or_starts_f
     # In a folder with no runs at all: a fresh start.
     console = train(tmp_path, corpus_path, *run, "trainer.max_steps=10", "hydra.run.dir=outputs/d")
     assert "resume=auto: no earlier run" in console
+
+
+def test_a_checkpoint_from_before_the_modern_switches_still_resumes(finished, corpus_path):
+    """Its model config lacks the switches' keys; with their defaults filled in it is the same model."""
+    checkpoint = torch.load(finished / "outputs" / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    lecture = ("arch", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "tie_weights")
+    model = checkpoint["hyper_parameters"]["model"]
+    checkpoint["hyper_parameters"]["model"] = {key: model[key] for key in lecture if key in model}
+    old = finished / "old.ckpt"
+    torch.save(checkpoint, old)
+    run = [*TINY_RUN, "trainer.max_steps=30", "trainer.val_check_interval=10", f"ckpt_path={old}"]
+    train(finished, corpus_path, *run, "hydra.run.dir=outputs/old")
+    resumed = torch.load(finished / "outputs" / "old" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 30

@@ -11,6 +11,7 @@ Nothing here knows about Lightning or Hydra: ``build_model(arch=..., **fields)``
 """
 
 import copy
+import inspect
 import math
 from functools import partial
 
@@ -453,6 +454,18 @@ def check_choices(**settings) -> None:
 
 
 ARCHITECTURES = {"bigram": BigramLanguageModel, "gpt": GPT}
+
+
+def full_config(arch: str, **fields) -> dict:
+    """``fields`` with every setting the architecture has, the defaults filled in: a config written before a
+    switch existed equals the same model's config written after."""
+    model = ARCHITECTURES.get(arch)
+    if model is None:
+        return {"arch": arch, **fields}
+    defaults = {
+        name: p.default for name, p in inspect.signature(model).parameters.items() if p.default is not p.empty
+    }
+    return {"arch": arch, **defaults, **fields}
 
 
 def build_model(arch: str, vocab_size: int, **fields) -> LanguageModel:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.core.loggers import instantiate_loggers
-from gpt.core.model import ARCHITECTURES, MIXERS
+from gpt.core.model import ARCHITECTURES, MIXERS, full_config
 from gpt.core.runs import latest
 from gpt.core.trainer import instantiate_trainer
 from gpt.pretrain.data import micro_batch_size
@@ -88,7 +88,7 @@ def latest_resumable(cfg: DictConfig, vocab: list[str]) -> Checkpoint | None:
     def same_run(checkpoint: Checkpoint) -> bool:
         data = (checkpoint.raw.get("config") or {}).get("data") or {}
         return (
-            checkpoint.model_config == model
+            full_config(**checkpoint.model_config) == full_config(**model)
             and checkpoint.vocab == vocab
             and data.get("path") == data_path
             and checkpoint.raw.get("global_step", 0) < cfg.trainer.max_steps
@@ -164,12 +164,14 @@ def check_resumable(checkpoint: Checkpoint, module: GPTModule, max_steps: int | 
             f"{path} has already trained {step} steps, trainer.max_steps={max_steps}: raise trainer.max_steps "
             "to train on"
         )
-    saved = {"model": checkpoint.model_config, "vocab": checkpoint.vocab}
+    # Models compare with their defaults filled in: a checkpoint from before a switch existed still resumes.
+    saved = {"model": full_config(**checkpoint.model_config), "vocab": checkpoint.vocab}
+    current = {"model": full_config(**module.hparams["model"]), "vocab": module.hparams["vocab"]}
     for key in ("model", "vocab"):
-        if saved[key] != module.hparams[key]:
+        if saved[key] != current[key]:
             raise UserError(
                 f"cannot resume from {path}: it was trained with {key}={saved[key]}, this run has "
-                f"{key}={module.hparams[key]}; use the checkpoint's settings (its run's .hydra/config.yaml)"
+                f"{key}={current[key]}; use the checkpoint's settings (its run's .hydra/config.yaml)"
             )
 
 
