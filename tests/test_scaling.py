@@ -120,7 +120,9 @@ def test_checkpoint_of_two_processes_resumes_on_one_at_its_step(one_process, two
     # One process, and the batch of 8 in 2 micro-batches of 4; validation still every 5 optimizer steps.
     accumulating = ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=5"]
     console = train(tmp_path, corpus_path, "trainer.max_steps=20", *accumulating, f"ckpt_path={two_process_checkpoint}")
-    assert sorted(val_losses(tmp_path)) == [15, 20]  # resumed at step 10, not from the start
+    resumed_losses = val_losses(tmp_path)  # steps 5 and 10 come from the 2-process run: the whole curve
+    assert sorted(resumed_losses) == [5, 10, 15, 20]
+    assert all(resumed_losses[step] == loss for step, loss in val_losses(two_processes).items())
     assert "RNG states of 2 device(s), this run has 1: dropout reseeded on each rank from (seed, rank, step)" in console
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     straight = torch.load(one_process / "checkpoints" / "last.ckpt", weights_only=True)
