@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpt.posttrain.qa import QAPair, Rater, extract_pairs
+from gpt.posttrain.qa import QAPair, Rater, content_words, extract_pairs, shares_content_word
 
 PLAY = (
     "ROMEO:\nBut soft, what light\nthrough yonder window breaks?\n\n"
@@ -16,17 +16,27 @@ def test_a_pair_is_the_end_of_a_speech_and_the_start_of_the_next_speakers_reply(
     train, heldout = extract_pairs(PLAY, train_fraction=0.999, max_question_chars=20, max_answer_chars=20)
     assert heldout == []
     assert train == [
-        QAPair("window breaks?", "Ay me!"),  # cut after the reply's last sentence end within 20 characters
+        QAPair("window breaks?", "Ay me!"),  # the reply's first sentence
         QAPair("by the same speaker.", "It is I, thy Romeo."),
     ]
-
-
-def test_answers_are_whole_words_cut_after_their_last_sentence_end():
-    (pair, other), _ = extract_pairs(PLAY, 0.999, max_question_chars=30, max_answer_chars=12)
-    assert pair == QAPair("through yonder window breaks?", "Ay me!")
-    assert other == QAPair("speech by the same speaker.", "It is I, thy")  # no sentence end: whole words
-    assert pair.prompt == "Q: through yonder window breaks?\nA: "
+    pair = train[0]
+    assert pair.prompt == "Q: window breaks?\nA: "
     assert pair.document == pair.prompt + "Ay me!\n"
+
+
+def test_an_answer_is_the_replys_first_whole_sentence_and_a_longer_one_drops_the_pair():
+    play = (
+        "ROMEO:\nWhat light?\n\n"
+        "JULIET:\nAy me! Who is there?\n\n"  # two sentences within the cap: the first is the answer
+        "ROMEO:\nIt is I, thy Romeo, at thy window.\n\n"  # its first sentence is longer than the cap: no pair
+        "JULIET:\nAnd no sentence ends here\n\n"  # fits the cap, but ends no sentence: no pair
+        "ROMEO:\nGood night!\n\n"
+    )
+    train, heldout = extract_pairs(play, 0.999, max_question_chars=30, max_answer_chars=30)
+    assert heldout == []
+    assert train == [QAPair("What light?", "Ay me!"), QAPair("And no sentence ends here", "Good night!")]
+    train, _ = extract_pairs(PLAY, 0.999, max_question_chars=30, max_answer_chars=12)
+    assert [pair.answer for pair in train] == ["Ay me!"]  # "It is I, thy Romeo." is longer than 12
 
 
 def test_pairs_after_the_split_are_held_out_and_pairs_across_it_are_dropped():
@@ -69,3 +79,23 @@ def test_rater_scores_each_component_on_hand_written_answers(answer, stopped, kn
 def test_known_words_occur_at_least_twice_and_ignore_case_and_quotes():
     rater = Rater.from_text("'Tis once. 'tis twice. Lord, LORD! single")
     assert rater.known_words == {"tis", "lord"}
+
+
+def test_content_words_have_four_letters_or_more_and_are_not_stop_words():
+    assert content_words("What, Grumio! Shall I tell thee of my horse's tongue?") == {"grumio", "horse's", "tongue"}
+    assert content_words("Ay, so it is; and what of that?") == set()
+
+
+@pytest.mark.parametrize(
+    "question, answer, shares",
+    [
+        ("In his tongue.", "Whose tongue?", True),
+        ("that Petruchio came?", "Ay, PETRUCHIO came.", True),  # case does not matter
+        ("from my mother-wit.", "A witty mother!", True),  # "mother-wit" is "mother" and "wit"
+        ("What say you?", "What, my lord?", False),  # "what" is a stop word
+        ("Is the sun up?", "The sun is up.", False),  # words of fewer than 4 letters never count
+        ("Good night, sweet prince.", "Farewell.", False),
+    ],
+)
+def test_an_answer_shares_a_content_word_with_its_question(question, answer, shares):
+    assert shares_content_word(question, answer) is shares

@@ -1,8 +1,9 @@
 """Question/answer documents cut from the play text itself, and the rater that stands in for human raters.
 
-A pair is (the end of one speech, the start of the next speaker's reply), written as the document
+A pair is (the end of one speech, the first sentence of the next speaker's reply), written as the document
 ``Q: <question>\\nA: <answer>\\n``: the question on top, the answer below, and the newline after the answer as
-the stop character. Pairs are cut at word boundaries to fit the model's context.
+the stop character. Questions are cut at word boundaries to fit the model's context; an answer is a whole
+sentence, and a pair whose answer would not fit is dropped.
 """
 
 import re
@@ -45,15 +46,14 @@ def _last_words(words: list[str], max_chars: int) -> str:
     return " ".join(taken)
 
 
-def _first_words(words: list[str], max_chars: int) -> str:
-    """The reply's first words, up to ``max_chars``; cut after the last sentence end among them, if any."""
-    taken = []
-    for word in words:
-        if len(" ".join([*taken, word])) > max_chars:
-            break
-        taken.append(word)
-    sentence_ends = [i for i, word in enumerate(taken) if word.endswith(SENTENCE_ENDS)]
-    return " ".join(taken[: sentence_ends[-1] + 1] if sentence_ends else taken)
+def _first_sentence(words: list[str], max_chars: int) -> str:
+    """The reply's first sentence: its words up to the first that ends with ``.``, ``!`` or ``?``; "" when that
+    sentence is longer than ``max_chars`` or the reply has none (the pair is dropped, never cut mid-sentence)."""
+    for i, word in enumerate(words):
+        if word.endswith(SENTENCE_ENDS):
+            sentence = " ".join(words[: i + 1])
+            return sentence if len(sentence) <= max_chars else ""
+    return ""
 
 
 def _speeches(text: str):
@@ -69,15 +69,17 @@ def _speeches(text: str):
 def extract_pairs(text: str, train_fraction: float, max_question_chars: int, max_answer_chars: int):
     """(train pairs, held-out pairs) from consecutive speeches with a change of speaker.
 
-    Pairs that end in the first ``train_fraction`` of the text train; pairs that start after it are held
-    out (pre-training never saw that text either); a pair across the boundary is dropped.
+    The question is the speech's last words, the answer the reply's first sentence; a reply whose first
+    sentence is longer than ``max_answer_chars`` (or that has none) gives no pair. Pairs that end in the first
+    ``train_fraction`` of the text train; pairs that start after it are held out (pre-training never saw that
+    text either); a pair across the boundary is dropped.
     """
     split = int(train_fraction * len(text))
     train, heldout = [], []
     for (start, _, speaker, words), (_, end, next_speaker, next_words) in pairwise(_speeches(text)):
         if speaker == next_speaker:
             continue
-        pair = QAPair(_last_words(words, max_question_chars), _first_words(next_words, max_answer_chars))
+        pair = QAPair(_last_words(words, max_question_chars), _first_sentence(next_words, max_answer_chars))
         if not pair.question or not pair.answer:
             continue
         if end <= split:
@@ -90,6 +92,28 @@ def extract_pairs(text: str, train_fraction: float, max_question_chars: int, max
 def words_of(text: str) -> list[str]:
     """Lower-case words: letters with inner apostrophes ("'tis" and "o'er" count as words, quotes do not)."""
     return [w.strip("'") for w in re.findall(r"[a-z']+", text.lower()) if w.strip("'")]
+
+
+# Words of 4 letters or more that carry no topic: pronouns, auxiliaries, conjunctions, prepositions (modern and
+# Shakespearean). Words of 3 letters or fewer never count.
+STOP_WORDS = frozenset(
+    "that this these those with have hath doth does done what when where which while whom whose they them their "
+    "there then than thou thee thine your yours mine from into unto upon were been being shall will would should "
+    "could must more most some such very well here hence thus even only also like make made come came know "
+    "tell said whence wherefore therefore though although cannot nothing something".split()
+)
+CONTENT_WORD_LETTERS = 4
+
+
+def content_words(text: str) -> set[str]:
+    """The words of ``text`` (see ``words_of``) of at least 4 letters that are not in ``STOP_WORDS``."""
+    return {w for w in words_of(text) if len(w) >= CONTENT_WORD_LETTERS and w not in STOP_WORDS}
+
+
+def shares_content_word(question: str, answer: str) -> bool:
+    """Whether the answer repeats a content word of the question: a crude sign of answering *it*, which the
+    rater (blind to the question) does not reward."""
+    return bool(content_words(question) & content_words(answer))
 
 
 @dataclass(frozen=True)
