@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from gpt.core.errors import UserError
 from gpt.core.model import BigramLanguageModel, CausalAverage, CausalSelfAttention
-from gpt.pretrain.ladder import RUNGS, main
+from gpt.pretrain.ladder import LADDERS, main
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import check_config
 from gpt.sampling import sample
@@ -19,6 +19,7 @@ from .test_config import compose_train
 from .test_train_and_sample import sample_cfg
 
 VOCAB = 65
+RUNGS = LADDERS["lecture"].rungs()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -177,7 +178,7 @@ def quick_ladder(tmp_path_factory, corpus_path):
 
 def test_quick_ladder_trains_every_rung_and_writes_its_table_and_plot(quick_ladder):
     table = (quick_ladder / "ladder.md").read_text().splitlines()
-    assert table[0] == "| rung | parameters | train loss | val loss | wall time |"
+    assert table[0] == "| rung | parameters | train loss | val loss | val spread | val change | wall time |"
     rows = [line.split(" | ") for line in table[2:]]
     assert [row[0] for row in rows] == ["| 1 bigram", "| 2 embeddings", "| 3 average", "| 4 single-head",
                                         "| 5 multi-head", "| 6 feed-forward", "| 7 residual", "| 8 layer-norm",
@@ -185,7 +186,7 @@ def test_quick_ladder_trains_every_rung_and_writes_its_table_and_plot(quick_ladd
     parameters = [int(row[1].replace(",", "")) for row in rows]
     assert parameters == sorted(parameters) and parameters[-1] > 10e6
     for rung in LADDER:
-        assert (quick_ladder / rung / "checkpoints" / "best.ckpt").is_file()
+        assert (quick_ladder / rung / "seed1337" / "checkpoints" / "best.ckpt").is_file()  # one seed: the lecture's
     png = quick_ladder / "ladder.png"
     assert png.read_bytes().startswith(PNG_SIGNATURE) and imread(png).shape[0] > 100
 
@@ -198,7 +199,7 @@ def test_bad_ladder_arguments_stop_with_one_line():
 
 
 def test_sample_py_saves_a_heat_map_of_one_head(quick_ladder, tmp_path):
-    ckpt = quick_ladder / "5_multi_head" / "checkpoints" / "best.ckpt"
+    ckpt = quick_ladder / "5_multi_head" / "seed1337" / "checkpoints" / "best.ckpt"
     args = [f"ckpt={ckpt}", "prompt=ROMEO:", "attention_png=attention.png", "layer=0", "head=3", "device=cpu"]
     result = run_script("sample.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -222,7 +223,7 @@ def test_sample_py_saves_a_heat_map_of_one_head(quick_ladder, tmp_path):
     ],
 )
 def test_bad_heat_map_requests_get_a_one_line_error(quick_ladder, tmp_path, rung, overrides, message):
-    ckpt = quick_ladder / rung / "checkpoints" / "best.ckpt"
+    ckpt = quick_ladder / rung / "seed1337" / "checkpoints" / "best.ckpt"
     request = {"prompt": "ROMEO:", "attention_png": str(tmp_path / "a.png"), "device": "cpu", **overrides}
     cfg = sample_cfg(ckpt, **request)
     with pytest.raises(UserError, match=message.replace("(", r"\(")) as error:
