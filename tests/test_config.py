@@ -31,7 +31,8 @@ def test_every_model_config_composes_checks_and_builds(model):
     with torch.device("meta"):  # the large models are built without allocating their weights
         module = GPTModule(config["model"], config["optim"], vocab=[chr(i) for i in range(65)])
     n_params = module.model.num_parameters()
-    expected = {"bigram": (65 * 65,) * 2, "tiny": (0.7e6, 0.9e6), "small": (10.6e6, 10.9e6),
+    expected = {"bigram": (65 * 65,) * 2, "tiny": (0.7e6, 0.9e6), "modern_tiny": (0.7e6, 0.9e6),
+                "speedrun": (0.7e6, 0.9e6), "small": (10.6e6, 10.9e6), "modern_small": (10.6e6, 10.9e6),
                 "medium": (80e6, 90e6), "large": (290e6, 320e6)}[model]  # fmt: skip
     assert expected[0] <= n_params <= expected[1]
 
@@ -46,7 +47,7 @@ def test_every_trainer_config_instantiates(trainer, tmp_path):
     gpu = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
     assert cfg.trainer.precision == ("bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true")
     assert cfg.compile == cfg.optim.fused == gpu
-    assert instantiate(cfg.trainer, logger=False).max_steps == 2000
+    assert instantiate(cfg.trainer, logger=False).max_steps == 700  # the default model's
 
 
 @pytest.mark.parametrize("logger", OPTIONS["logger"])
@@ -98,5 +99,5 @@ def test_a_run_of_any_length_gets_an_interval_and_warmup_that_fit(steps, interva
 def test_help_lists_the_config_groups():
     result = run_script("train.py", "--help")
     assert result.returncode == 0
-    assert "model: bigram, large, medium, small, tiny" in result.stdout
+    assert "model: bigram, large, medium, modern_small, modern_tiny, small, speedrun, tiny" in result.stdout
     assert "logger: csv, none, wandb" in result.stdout

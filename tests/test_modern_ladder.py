@@ -1,10 +1,12 @@
-"""The modern ladder (conf/model/modern/): nanoGPT's CPU recipe, then one change per rung; its run with seeds."""
+"""The modern ladder (conf/model/modern/): nanoGPT's CPU recipe, then one change per rung; its run with seeds;
+the default model and the speed-run preset it leads to."""
 
 import statistics
 
 import pytest
 from omegaconf import OmegaConf
 
+from gpt.core.model import build_model
 from gpt.pretrain.ladder import LADDERS, main
 from gpt.pretrain.plots import read_metrics
 
@@ -85,3 +87,42 @@ def test_bad_seeds_stop_with_one_line():
     assert str(stop.value) == "error: --seeds=1337,x is not a list of numbers like 1-8 or 1,4,9"
 
 
+
+def flat(cfg, prefix="") -> dict:
+    """A composed config as {"optim.lr": 0.004, ...}."""
+    items = cfg.items() if prefix else OmegaConf.to_container(cfg).items()
+    out = {}
+    for key, value in items:
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def differences(a, b) -> dict:
+    """The keys whose values differ between two composed configs, with their values in ``b``."""
+    fa, fb = flat(a), flat(b)
+    return {key: fb.get(key) for key in fa.keys() | fb.keys() if fa.get(key) != fb.get(key)}
+
+
+def test_the_default_model_is_the_best_rung_with_a_budget_that_fits_rung_1s_time():
+    default, best = compose_train(), compose_train("model=modern/10_wsd")
+    assert default == compose_train("model=modern_tiny")
+    budget = {"data.batch_size": 32, "trainer.max_steps": 700, "trainer.val_check_interval": 175,
+              "optim.warmup_steps": 0, "optim.decay_fraction": 0.5}  # fmt: skip
+    assert differences(best, default) == budget  # the model and optimizer: the rung's
+    model = build_model(vocab_size=65, **default.model)
+    assert model.num_parameters() <= 1_000_000 and default.model.block_size >= 64  # a laptop CPU's model
+
+
+def test_the_speed_run_is_the_default_with_a_shorter_schedule():
+    assert differences(compose_train("model=modern_tiny"), compose_train("model=speedrun")) == {
+        "trainer.max_steps": 170, "trainer.val_check_interval": 170, "optim.muon_lr": 0.03}  # fmt: skip
+
+
+def test_the_modern_lecture_size_model_is_the_lectures_shape_with_the_default_models_recipe():
+    modern, lecture = compose_train("model=modern_small"), compose_train("model=small")
+    assert build_model(vocab_size=65, **modern.model).num_parameters() <= 11_000_000
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "dropout"):
+        assert modern.model[key] == lecture.model[key]
+    switches = ("pos", "norm", "qk_norm", "activation", "zero_init_proj", "init", "logit_softcap")
+    assert {k: modern.model[k] for k in switches} == {k: compose_train().model[k] for k in switches}
+    assert (modern.optim.name, modern.optim.schedule) == ("muon", "wsd")

@@ -74,8 +74,10 @@ def test_resuming_continues_exactly_where_the_run_stopped(run_dir, corpus_path, 
     for name, weight in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=0, atol=1e-6)
     straight_state = straight["optimizer_states"][0]["state"]
-    for i, state in resumed["optimizer_states"][0]["state"].items():
-        torch.testing.assert_close(state["exp_avg_sq"], straight_state[i]["exp_avg_sq"], rtol=0, atol=1e-9)
+    for i, state in resumed["optimizer_states"][0]["state"].items():  # AdamW's moments, Muon's momentum
+        assert state.keys() == straight_state[i].keys()
+        for key, value in state.items():
+            torch.testing.assert_close(value, straight_state[i][key], rtol=0, atol=1e-9)
 
 
 def test_resuming_with_accumulation_and_an_odd_interval_continues_exactly(corpus_path, tmp_path):
