@@ -39,7 +39,6 @@ TARGET = 1.47  # nanoGPT's val loss for the lecture's model
 STARTUP_S = 60  # allowance per train.py process for imports, data and torch.compile (an estimate, for planning only)
 SAFETY = 1.25  # on the probe's ms/step, for validations, samples and checkpoints (an estimate, for planning only)
 REPORT_RESERVE_S = 15  # writing the report, process exits
-PEAK_MEMORY = "+callbacks.peak_memory._target_=bench.PeakMemory"
 
 # --cpu-smoke: model=small shrunk to a few seconds of CPU, and its recipe cut to a handful of steps.
 SMOKE_OVERRIDES = [
@@ -131,7 +130,7 @@ def probe(device, overrides: list[str], smoke: bool) -> dict:
 
 def train_run(name: str, run_dir: Path, overrides: list[str], target: float) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = [*overrides, PEAK_MEMORY]
+    overrides = [*overrides, bench.PEAK_MEMORY]
     command = shlex.join(["python", "train.py", f"hydra.run.dir={shown(run_dir)}", *overrides])
     result, wall_s = bench.run_train(overrides, run_dir)
     (run_dir / "console.txt").write_text(result.stdout + result.stderr)
