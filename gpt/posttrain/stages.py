@@ -49,10 +49,6 @@ class SFTModule(CheckpointedModule):
         super().__init__(model, optim, vocab, run_config, seed)
         self.model = build_model(vocab_size=len(vocab), **model)
 
-    def configure_optimizers(self):
-        optimizer, scheduler = self.adamw(self.model.parameters())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     def training_step(self, batch, batch_idx):
         x, y, mask = batch
         loss = answer_loss(self.model(x)[0], y, mask)
@@ -81,10 +77,6 @@ class RewardModule(CheckpointedModule):
     def __init__(self, model: dict, optim: dict, vocab: list[str], run_config: dict | None = None, seed: int = 0):
         super().__init__(model, optim, vocab, run_config, seed)
         self.model = build_reward_model(vocab_size=len(vocab), **model)
-
-    def configure_optimizers(self):
-        optimizer, scheduler = self.adamw(self.model.parameters())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def scores(self, batch):
         """The scores of the chosen and of the rejected sequences of a batch of pairs."""

@@ -107,6 +107,11 @@ class CheckpointedModule(L.LightningModule):
         self.seed = seed  # of each rank's dropout stream (the weights are drawn before, the batches elsewhere)
         self.tokenizer = CharTokenizer(vocab)
 
+    def configure_optimizers(self):
+        """AdamW over ``self.model``, its schedule stepped once per optimizer step (GPTModule adds Muon)."""
+        optimizer, scheduler = self.adamw(self.model.parameters())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
     def adamw(self, params, decay_steps: int | None = None):
         """AdamW over ``params`` and its LambdaLR schedule (stepped once per optimizer step), as ``optim`` says:
         weight decay on the matrices (weights, embeddings) only; warmup, cosine (or WSD) decay to ``min_lr`` at
@@ -307,10 +312,9 @@ class GPTModule(CheckpointedModule):
             self.log("time/elapsed_s", time.perf_counter() - self.fit_started, sync_dist=True)
 
     def configure_optimizers(self):
-        if self.hparams.optim.get("name", "adamw") == "muon":
-            optimizer, scheduler = self.muon(self.model.named_parameters())
-        else:
-            optimizer, scheduler = self.adamw(self.model.parameters())
+        if self.hparams.optim.get("name", "adamw") != "muon":
+            return super().configure_optimizers()
+        optimizer, scheduler = self.muon(self.model.named_parameters())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint):
