@@ -7,10 +7,10 @@ steps. Every direction of the update then moves the same amount, instead of the 
 It suits the 2-D matrices inside the blocks; embeddings (a lookup, not a matmul), the output head and the
 gains and biases keep AdamW.
 
-Why not ``torch.optim.Muon`` (torch 2.13)? It runs Newton–Schulz in bfloat16, a GPU's fast type that a
-CPU emulates: a step of the tiny model took ~13x an AdamW step on a 2-core CPU, against ~1.3-1.6x in
-float32 (/work/shared/FACTS.md). Here the dtype is a setting (``ns_dtype``: ``auto`` = bfloat16 on CUDA,
-float32 elsewhere); in bfloat16 the update is computed by exactly torch's operations (tested).
+Why not ``torch.optim.Muon`` (torch 2.13)? It runs Newton–Schulz in bfloat16, a GPU's fast type that many
+CPUs emulate: on a 2-core CPU without native bfloat16 a step of the tiny model took ~13x an AdamW step, against
+~1.3-1.6x in float32. Here the dtype is a setting (``ns_dtype``: ``auto`` = bfloat16 on CUDA, float32
+elsewhere); in bfloat16 the update is computed by exactly torch's operations (tested).
 
 Why one optimizer for both parts? Lightning's automatic optimization clips, accumulates, scales and
 checkpoints exactly one optimizer per step; two would need manual optimization. Each parameter group says
