@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from gpt.core.errors import UserError
 from gpt.core.model import build_model
 from gpt.core.tokenizer import CharTokenizer
-from gpt.posttrain.finetuning import encode_documents, ranked_pairs
+from gpt.posttrain import stages
+from gpt.posttrain.finetuning import count_pairs, encode_documents, ranked_groups
 from gpt.posttrain.qa import QAPair, Rater
 from gpt.posttrain.rlhf import (
     RewardModel,
@@ -20,12 +22,13 @@ from gpt.posttrain.rlhf import (
     join,
     kl_divergence,
     pad_right,
+    pairwise_accuracy,
     ppo_policy_loss,
     ppo_rewards,
     ppo_value_loss,
     sample_answers,
 )
-from gpt.posttrain.stages import PPOModule, RewardModule, pairwise_accuracy
+from gpt.posttrain.stages import PPOModule, RewardModule
 
 TOKENIZER = CharTokenizer(sorted(set("QA: \nabcdefghijklmnopqrstuvwxyz.!?")))
 MODEL = {"arch": "gpt", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": False}
@@ -80,14 +83,27 @@ def test_question_targets_change_no_loss_term_and_answer_targets_do():
 
 
 def test_bradley_terry_loss_and_accuracy_by_hand():
-    chosen, rejected = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 3.0])
-    expected = (math.log1p(math.exp(-2)) + math.log(2) + math.log1p(math.exp(2))) / 3
-    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected)
-    assert pairwise_accuracy(chosen, rejected).item() == pytest.approx(1 / 3)  # a tie counts as wrong
+    # Question 1: answer 0 is rated above 1 and 2 (tied): pairs (0, 1), (0, 2). Question 2: 1 above 0, 2 no pair
+    # with 0 (tied), 1 above 2: pairs (1, 0), (1, 2). Margins: 2 - 0, 2 - 1, 0 - 3, 0 - 0.
+    scores = torch.tensor([[2.0, 0.0, 1.0], [3.0, 0.0, 0.0]])
+    ratings = torch.tensor([[0.9, 0.5, 0.5], [0.2, 0.7, 0.2]])
+    margins = torch.tensor([2.0, 1.0, -3.0, 0.0])
+    expected = sum(math.log1p(math.exp(-m)) for m in margins.tolist()) / 4
+    assert bradley_terry_loss(scores, ratings).item() == pytest.approx(expected)
+    assert pairwise_accuracy(scores, ratings).item() == pytest.approx(2 / 4)  # a tie counts as wrong
+    # Scores that rank every pair like the rater; the order of the answers within a question does not matter.
+    assert pairwise_accuracy(ratings * 5, ratings).item() == 1.0
+    assert pairwise_accuracy(-ratings, ratings).item() == 0.0
 
 
-def test_ranked_pairs_put_the_better_answer_first_within_each_question_and_drop_ties():
-    assert ranked_pairs([0.5, 0.9, 0.5, 0.1, 0.2, 0.2], group_size=3) == [(1, 0), (1, 2), (4, 3), (5, 3)]
+def test_ranked_groups_keep_each_questions_answers_together_and_drop_questions_without_a_pair():
+    idx, ends = torch.arange(18).view(6, 3), torch.tensor([1, 2, 3, 3, 2, 1])
+    groups = ranked_groups(idx, ends, [0.5, 0.9, 0.5, 0.2, 0.2, 0.2], group_size=3)  # question 2: all tied
+    sequences, lengths, ratings = groups.tensors
+    assert sequences.tolist() == [idx[:3].tolist()] and lengths.tolist() == [[1, 2, 3]]
+    assert ratings.tolist() == [[0.5, 0.9, 0.5]] and count_pairs(groups) == 2  # (1, 0) and (1, 2)
+    with pytest.raises(UserError, match="no pairs to learn from"):
+        ranked_groups(idx, ends, [0.2] * 6, group_size=3)
 
 
 def test_gae_by_hand():
@@ -173,30 +189,32 @@ def test_sampled_answers_stop_at_the_first_generated_stop_or_the_end_of_the_cont
     assert positions.tolist() == [[2, 3], [0, 1], [2, 3]]
 
 
-def test_reward_model_learns_an_obvious_preference():
+def test_reward_model_learns_an_obvious_preference(monkeypatch):
     """Answers ending in '!' beat answers ending in '?': held-out pairwise accuracy close to 1."""
     generator = torch.Generator().manual_seed(0)
     letters = TOKENIZER.encode("abcdefghijklmnopqrstuvwxyz")
 
-    def pairs(n):
+    def questions(n):
+        """n questions, each with a '!' answer rated above the same answer ending in '?'."""
         rows = []
         for _ in range(n):
             body = [letters[i] for i in torch.randint(26, (int(torch.randint(2, 8, (1,))),), generator=generator)]
-            rows.append((body + TOKENIZER.encode("!\n"), body + TOKENIZER.encode("?\n")))
-        chosen, rejected = zip(*rows)
-        ends = torch.tensor([len(r) for r in chosen])
-        return TensorDataset(pad_right(chosen), ends, pad_right(rejected), ends)
+            rows += [body + TOKENIZER.encode("!\n"), body + TOKENIZER.encode("?\n")]
+        ends = torch.tensor([len(r) for r in rows]).view(n, 2)
+        return TensorDataset(pad_right(rows).view(n, 2, -1), ends, torch.tensor([[1.0, 0.0]]).expand(n, 2))
 
     module = RewardModule(MODEL, OPTIM, TOKENIZER.chars)
-    heldout = pairs(64)
-    trainer(max_steps=60).fit(module, DataLoader(pairs(512), batch_size=16, shuffle=True))
+    heldout = questions(64)
+    trainer(max_steps=60).fit(module, DataLoader(questions(512), batch_size=16, shuffle=True))
     module.eval()
+    sequences, ends, ratings = heldout.tensors
     with torch.no_grad():
-        chosen, rejected = module.scores(heldout.tensors)
-    assert pairwise_accuracy(chosen, rejected) >= 0.95
-    module.normalise(heldout.tensors[0], heldout.tensors[1])  # normalised on these answers: mean 0, std 1
+        assert pairwise_accuracy(module.scores(sequences, ends), ratings) >= 0.95
+    answers, answer_ends = sequences.flatten(0, 1), ends.flatten()
+    monkeypatch.setattr(stages, "NORMALISE_CHUNK", 10)  # scored in 13 chunks, normalised as one
+    module.normalise(answers, answer_ends)  # normalised on these answers: mean 0, std 1
     with torch.no_grad():
-        scores = module.model.score(heldout.tensors[0], heldout.tensors[1])
+        scores = module.model.score(answers, answer_ends)
     assert scores.mean().abs() < 1e-5 and scores.std().item() == pytest.approx(1.0, abs=1e-4)
 
 

@@ -3,7 +3,6 @@
 import logging
 import random
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 
 import torch
@@ -19,31 +18,29 @@ from gpt.core.tokenizer import CharTokenizer
 from gpt.core.trainer import instantiate_trainer
 from gpt.posttrain.qa import prompt_length
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
-from gpt.posttrain.rlhf import join
-from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule, pairwise_accuracy
+from gpt.posttrain.rlhf import join, pairwise_accuracy
+from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule
 from gpt.pretrain.callbacks import StepProgressBar
 
 log = logging.getLogger(__name__)
 
 
-def ranked_pairs(scores: list[float], group_size: int) -> list[tuple[int, int]]:
-    """(better, worse) row pairs within each group of ``group_size`` answers to one question; ties dropped."""
-    pairs = []
-    for start in range(0, len(scores), group_size):
-        for i, j in combinations(range(start, start + group_size), 2):
-            if scores[i] != scores[j]:
-                pairs.append((i, j) if scores[i] > scores[j] else (j, i))
-    return pairs
-
-
-def comparisons(idx: torch.Tensor, ends: torch.Tensor, scores: list[float], group_size: int) -> TensorDataset:
-    """The rater's preferences among the answers ``idx[i, :ends[i]]``, as (chosen, its length, rejected, its
-    length) rows."""
-    pairs = ranked_pairs(scores, group_size)
-    if not pairs:
+def ranked_groups(idx: torch.Tensor, ends: torch.Tensor, ratings: list[float], group_size: int) -> TensorDataset:
+    """The answers ``idx[i, :ends[i]]``, ``group_size`` consecutive rows to a question, as one row per question
+    of (sequences, lengths, the rater's scores); a question whose answers all got the same rating is dropped."""
+    width = idx.size(1)
+    sequences, ends = idx.view(-1, group_size, width), ends.view(-1, group_size)
+    ratings = torch.tensor(ratings, dtype=torch.float64, device=idx.device).view(-1, group_size)
+    ranked = (ratings != ratings[:, :1]).any(1)
+    if not ranked.any():
         raise UserError("every sampled answer got the same rating: no pairs to learn from; sample more questions")
-    chosen, rejected = (torch.tensor(rows, device=idx.device) for rows in zip(*pairs))
-    return TensorDataset(idx[chosen], ends[chosen], idx[rejected], ends[rejected])
+    return TensorDataset(sequences[ranked], ends[ranked], ratings[ranked])
+
+
+def count_pairs(groups: TensorDataset) -> int:
+    """How many pairs of answers to one question the rater ranks (ties dropped)."""
+    ratings = groups.tensors[2]
+    return int((ratings[:, :, None] > ratings[:, None, :]).sum())
 
 
 COUNTS = ("batch_size", "questions", "eval_questions", "updates", "questions_per_update", "epochs", "minibatch_size")
@@ -195,10 +192,12 @@ def run_reward(cfg, config, start: Start, qa: QAData, trainer) -> RewardModule:
         idx, prompt_lengths = join(prompts, answers)
         ends = prompt_lengths + answers.lengths
         scores = [rating.total for rating in ratings]
-        datasets.append((comparisons(idx, ends, scores, stage.samples_per_question), idx, ends))
+        groups = ranked_groups(idx, ends, scores, stage.samples_per_question)
+        datasets.append((groups, idx, ends))
         log.info(
-            f"{name}: {len(datasets[-1][0])} ranked pairs from {len(questions)} questions x "
-            f"{stage.samples_per_question} SFT answers (mean rater score {sum(scores) / len(scores):.3f})"
+            f"{name}: {count_pairs(groups)} ranked pairs among {len(questions)} questions x "
+            f"{stage.samples_per_question} SFT answers (mean rater score {sum(scores) / len(scores):.3f}); "
+            f"{len(groups)} questions rank at least one pair"
         )
     (train, train_answers, train_ends), (heldout, _, _) = datasets
 
@@ -210,8 +209,9 @@ def run_reward(cfg, config, start: Start, qa: QAData, trainer) -> RewardModule:
     module.normalise(train_answers, train_ends)
     with torch.no_grad():
         module.eval()
-        chosen, rejected = module.scores(heldout.tensors)
-    log.info(f"held-out pairwise accuracy {pairwise_accuracy(chosen, rejected):.3f} ({len(heldout)} pairs)")
+        sequences, ends, ratings = heldout.tensors
+        accuracy = pairwise_accuracy(module.scores(sequences, ends), ratings)
+    log.info(f"held-out pairwise accuracy {accuracy:.3f} ({count_pairs(heldout)} pairs)")
     return module
 
 

@@ -70,9 +70,24 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return masked_mean(losses.view(targets.shape), mask)
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(r_chosen - r_rejected): the likelihood that the preferred answer wins under Bradley-Terry."""
-    return -F.logsigmoid(chosen - rejected).mean()
+def ranked_margins(scores: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+    """The score margins ``scores[q, i] - scores[q, j]`` of every pair of answers to one question that the
+    rater ranks ``i`` above ``j`` (ties give no pair), for (questions, K) scores and ratings: one value a pair."""
+    better = ratings[:, :, None] > ratings[:, None, :]
+    return (scores[:, :, None] - scores[:, None, :])[better]
+
+
+def bradley_terry_loss(scores: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r_better - r_worse) averaged over the ranked pairs among each question's K answers: the
+    likelihood that the preferred answer wins under Bradley-Terry. A question's K answers are one batch element,
+    each scored once for its K - 1 pairs, as InstructGPT trains its reward model: K = 8 costs 8 forward passes
+    a question, not the 56 of its 28 pairs shuffled apart (which also show every answer K - 1 times an epoch)."""
+    return -F.logsigmoid(ranked_margins(scores, ratings)).mean()
+
+
+def pairwise_accuracy(scores: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+    """The share of ranked pairs whose scores rank them like the rater (a tie counts as wrong)."""
+    return (ranked_margins(scores, ratings) > 0).float().mean()
 
 
 def ppo_rewards(logprobs, reference_logprobs, mask, lengths, final_reward, kl_coef: float) -> torch.Tensor:

@@ -27,6 +27,7 @@ from gpt.posttrain.rlhf import (
     kl_divergence,
     length_mask,
     masked_mean,
+    pairwise_accuracy,
     ppo_policy_loss,
     ppo_rewards,
     ppo_value_loss,
@@ -61,15 +62,14 @@ class SFTModule(CheckpointedModule):
         self.log("val/answer_loss", answer_loss(self.model(x)[0], y, mask), prog_bar=True)
 
 
-def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """The share of pairs the scores rank like the rater (a tie counts as wrong)."""
-    return (chosen > rejected).float().mean()
+NORMALISE_CHUNK = 1024  # answers scored at once by RewardModule.normalise
 
 
 class RewardModule(CheckpointedModule):
-    """A reward model (GPT backbone + scalar head) trained with the Bradley-Terry loss on ranked pairs.
+    """A reward model (GPT backbone + scalar head) trained with the Bradley-Terry loss on ranked answers.
 
-    Batches are (chosen sequences, their lengths, rejected sequences, their lengths).
+    Batches are (sequences (B, K, T), their lengths (B, K), the rater's scores (B, K)): the K answers to each of
+    B questions, every pair of them that the rater ranks (ties dropped) a term of the loss.
     """
 
     KIND = "reward"
@@ -78,23 +78,24 @@ class RewardModule(CheckpointedModule):
         super().__init__(model, optim, vocab, run_config, seed)
         self.model = build_reward_model(vocab_size=len(vocab), **model)
 
-    def scores(self, batch):
-        """The scores of the chosen and of the rejected sequences of a batch of pairs."""
-        chosen, chosen_end, rejected, rejected_end = batch
-        return self.model.score(chosen, chosen_end), self.model.score(rejected, rejected_end)
+    def scores(self, sequences: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """(B, K) scores of the answers ``sequences[b, k, :ends[b, k]]``."""
+        return self.model.score(sequences.flatten(0, 1), ends.flatten()).view(ends.shape)
 
     def training_step(self, batch, batch_idx):
-        chosen, rejected = self.scores(batch)
-        loss = bradley_terry_loss(chosen, rejected)
+        sequences, ends, ratings = batch
+        scores = self.scores(sequences, ends)
+        loss = bradley_terry_loss(scores, ratings)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/accuracy", pairwise_accuracy(chosen, rejected))
+        self.log("train/accuracy", pairwise_accuracy(scores, ratings))
         self.log_learning_rate()
         return loss
 
     def validation_step(self, batch, batch_idx):
-        chosen, rejected = self.scores(batch)  # one batch: all held-out pairs
-        self.log("val/loss", bradley_terry_loss(chosen, rejected))
-        self.log("val/accuracy", pairwise_accuracy(chosen, rejected), prog_bar=True)
+        sequences, ends, ratings = batch  # one batch: all held-out questions
+        scores = self.scores(sequences, ends)
+        self.log("val/loss", bradley_terry_loss(scores, ratings))
+        self.log("val/accuracy", pairwise_accuracy(scores, ratings), prog_bar=True)
 
     @torch.no_grad()
     def normalise(self, sequences: torch.Tensor, ends: torch.Tensor) -> None:
@@ -102,7 +103,10 @@ class RewardModule(CheckpointedModule):
         centred with unit spread whatever scale the Bradley-Terry loss left the head at."""
         self.model.mean.zero_()
         self.model.std.fill_(1.0)
-        scores = self.model.eval().score(sequences.to(self.device), ends.to(self.device))
+        self.model.eval()
+        # in chunks: one batch of every training answer would hold gigabytes of activations
+        chunks = zip(sequences.split(NORMALISE_CHUNK), ends.split(NORMALISE_CHUNK))
+        scores = torch.cat([self.model.score(seq.to(self.device), end.to(self.device)) for seq, end in chunks])
         self.model.mean.copy_(scores.mean())
         self.model.std.copy_(scores.std().clamp(min=1e-6))
 
