@@ -11,6 +11,7 @@ import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loa
 import datetime
 import os
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -95,16 +96,24 @@ def stand_in_trainer(rank: int, strategy: FSDPStrategy, root_dir) -> SimpleNames
     )
 
 
-def init_process_group(rank: int, out_dir):
+@contextmanager
+def process_group(rank: int, out_dir):
+    """This worker's gloo process group, for the ``with`` block. Workers that got through it meet at a barrier
+    before tearing gloo down, so neither exits while the other may still talk to it. Without it a worker
+    aborted at the end now and then ("terminate called without an active exception": 1 run in 16 here)."""
     torch.set_num_threads(1)  # two processes on CI's two cores
     store = f"file://{out_dir / 'rendezvous'}"
     dist.init_process_group("gloo", store, rank=rank, world_size=WORLD_SIZE, timeout=TIMEOUT)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def sample_worker(rank: int, out_dir, use_orig_params: bool):
     """A validation pass through the root unit (as Lightning's validation_step), then TextSample's hook."""
-    init_process_group(rank, out_dir)
-    try:
+    with process_group(rank, out_dir):
         module = build_module()
         strategy = shard(rank, module, use_orig_params)
         rank_dir = out_dir / f"rank{rank}"
@@ -119,14 +128,11 @@ def sample_worker(rank: int, out_dir, use_orig_params: bool):
         with torch.no_grad():  # the sharded model still computes as before
             loss_after = strategy._forward_redirection(strategy.model, module, "loss", *batch(slice(rank, rank + 1)))
         torch.save({"text": text, "loss": loss.item(), "loss_after": loss_after.item()}, out_dir / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def grad_norm_worker(rank: int, out_dir):
     """One training forward and backward through the root unit, then TrainingStats' hook on a logged step."""
-    init_process_group(rank, out_dir)
-    try:
+    with process_group(rank, out_dir):
         module = build_module()
         strategy = shard(rank, module)
         module.trainer = trainer = stand_in_trainer(rank, strategy, out_dir)
@@ -141,8 +147,6 @@ def grad_norm_worker(rank: int, out_dir):
         fsdp_norm = strategy.model.clip_grad_norm_(float("inf"))  # FSDP's own global norm (clips nothing)
         result = {"logged": float(logged["train/grad_norm"]), "local": None if local is None else float(local)}
         torch.save({**result, "fsdp": float(fsdp_norm)}, out_dir / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def spawn(worker, out_dir, *args) -> list[dict]:
