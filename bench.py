@@ -355,8 +355,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="model configs to time (default: those that suit the device)")
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, caches)")
-    parser.add_argument("--race", nargs="+", help="model configs to train whole, the reference first (default: "
-                        f"{' '.join(RACE['cpu'])} on a CPU, {' '.join(RACE['cuda'])} on a GPU)")
+    parser.add_argument(
+        "--race",
+        nargs="+",
+        help="model configs to train whole, the reference first (default: "
+        f"{' '.join(RACE['cpu'])} on a CPU, {' '.join(RACE['cuda'])} on a GPU)",
+    )
     parser.add_argument("--target", type=float, help="val loss to time (default: the reference's final val loss)")
     parser.add_argument("--sample-chars", type=int, default=500, help="characters to sample, with and without cache")
     parser.add_argument("--skip-train", action="store_true", help="skip the race of whole train.py runs")

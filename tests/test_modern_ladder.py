@@ -39,8 +39,12 @@ def test_rung_1_is_the_lecture_tiny_model_at_nanogpts_cpu_settings():
     tiny = compose_train("model=tiny")
     assert cfg.model == tiny.model  # the lecture's model, every modern switch off
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
-    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.optim.name, cfg.optim.schedule) == (12, 2000, "adamw",
-                                                                                                 "cosine")
+    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.optim.name, cfg.optim.schedule) == (
+        12,
+        2000,
+        "adamw",
+        "cosine",
+    )
     assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps) == (1e-3, 1e-4, 100)
 
 
@@ -85,7 +89,6 @@ def test_bad_seeds_stop_with_one_line():
     with pytest.raises(SystemExit) as stop:
         main(["--ladder", "modern", "--seeds", "1337,x"])
     assert str(stop.value) == "error: --seeds=1337,x is not a list of numbers like 1-8 or 1,4,9"
-
 
 
 def flat(cfg, prefix="") -> dict:

@@ -462,9 +462,7 @@ def full_config(arch: str, **fields) -> dict:
     model = ARCHITECTURES.get(arch)
     if model is None:
         return {"arch": arch, **fields}
-    defaults = {
-        name: p.default for name, p in inspect.signature(model).parameters.items() if p.default is not p.empty
-    }
+    defaults = {name: p.default for name, p in inspect.signature(model).parameters.items() if p.default is not p.empty}
     return {"arch": arch, **defaults, **fields}
 
 
