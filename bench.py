@@ -248,16 +248,21 @@ def run_train(overrides: list[str], run_dir) -> tuple[subprocess.CompletedProces
     return result, time.perf_counter() - started
 
 
-def read_run(run_dir, target: float) -> dict:
+def first_reached(val_curve, target: float):
+    """(step, seconds after training started) of the first validation at or below ``target``; None if none."""
+    return next(((step, seconds) for step, loss, seconds in val_curve if loss <= target), None)
+
+
+def read_run(run_dir, target: float | None = None) -> dict:
     """What a finished train.py run measured, from its folder: the val curve (step, loss, seconds after training
-    started), the best val loss, when the val loss first reached ``target``, the steps trained, the median of the
-    logged ``train/tokens_per_sec`` windows (all devices, validation excluded; the median leaves out the first
-    window's compilation), and, if the run had ``PeakMemory``, the largest peak of its ranks."""
+    started), the best val loss, when the val loss first reached ``target`` (if given), the steps trained, the
+    median of the logged ``train/tokens_per_sec`` windows (all devices, validation excluded; the median leaves
+    out the first window's compilation), and, if the run had ``PeakMemory``, the largest peak of its ranks."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir / "metrics.csv")
     (steps, losses), (_, seconds) = metrics["val/loss"], metrics["time/elapsed_s"]  # logged together
     val = list(zip(steps, losses, seconds, strict=True))
-    reached = next(((step, seconds) for step, loss, seconds in val if loss <= target), None)
+    reached = None if target is None else first_reached(val, target)
     speeds = metrics.get("train/tokens_per_sec", ([], []))[1]
     peaks = [json.loads(p.read_text())["peak_memory_mb"] for p in sorted(run_dir.glob("peak_memory_rank*.json"))]
     result_file = run_dir / RESULT_FILE
@@ -281,7 +286,7 @@ def bench_train_run(overrides: list[str]) -> dict:
         result, wall_s = run_train([*overrides, PEAK_MEMORY], run_dir)
         if result.returncode:
             raise SystemExit(f"train.py {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
-        run = read_run(run_dir, target=float("-inf"))
+        run = read_run(run_dir)  # the race's target is known once its first run has finished
     return {
         "overrides": overrides,
         "wall_s": wall_s,
@@ -296,8 +301,7 @@ def time_at_target(run: dict, target: float) -> dict:
     """When a whole train.py run first validated at or below ``target``: the step, and the whole-process wall time
     then: its wall time less the training time after that validation. An upper bound, by the teardown after the
     last validation (final checkpoint and plot, about a second), which it counts too."""
-    val, last_s = run["val_curve"], run["val_curve"][-1][2]
-    hit = next(((step, seconds) for step, loss, seconds in val if loss <= target), None)
+    hit, last_s = first_reached(run["val_curve"], target), run["val_curve"][-1][2]
     return {"step_at_target": hit and hit[0], "wall_s_at_target": hit and run["wall_s"] - (last_s - hit[1])}
 
 

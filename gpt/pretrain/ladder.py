@@ -76,10 +76,10 @@ def parse_numbers(text: str, option: str) -> list[int]:
 
 def parse_rungs(text: str, ladder: Ladder) -> list[str]:
     """'1-8' or '1,4,9' -> the rungs' config names, in ladder order."""
-    rungs = ladder.rungs()
-    if unknown := sorted(set(parse_numbers(text, "--rungs")) - rungs.keys()):
+    rungs, numbers = ladder.rungs(), parse_numbers(text, "--rungs")
+    if unknown := sorted(set(numbers) - rungs.keys()):
         raise UserError(f"--rungs={text}: there is no rung {unknown[0]}; the ladder has rungs 1-{max(rungs)}")
-    return [rungs[n] for n in parse_numbers(text, "--rungs")]
+    return [rungs[n] for n in numbers]
 
 
 def shared_budget(ladder: Ladder, steps: int, batch_size: int, evals: int) -> list[str]:
