@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import grad_norm
 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
 from gpt.core.loggers import WANDB_RUN_ID
+from gpt.pretrain.sweeps import PRUNED_AT
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,50 @@ class WandbRun(L.Callback):
         for run in wandb_runs(trainer):
             if best is not None:
                 run.summary["val/best_loss"] = float(best)
+
+
+class TrialPruning(L.Callback):
+    """Reports ``val/loss`` to the Optuna trial this run is (``gpt.pretrain.sweeps``) at every validation, at its
+    optimizer step, and stops the run where the study's pruner says the trial cannot win.
+
+    A pruned run ends as one that reached ``max_steps`` there: its checkpoints, result and plots are written, and
+    the trial records the step (``PRUNED_AT``), from which the sweeper marks it pruned. The last validation is
+    reported but never pruned: the run is complete. Rank 0 reports and decides; every rank stops with it.
+    (optuna-integration's Lightning callback reports at ``current_epoch``: training here is one endless epoch,
+    so every report would land on step 0, where Optuna keeps only the first.)
+    """
+
+    def __init__(self, trial, monitor: str = "val/loss"):
+        self.trial_ref, self.monitor = trial, monitor
+        self.trial = None  # the Optuna trial, opened on rank 0 at its first report
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero:
+            step, value = trainer.global_step, float(trainer.callback_metrics[self.monitor])
+            trial = self._trial()
+            trial.report(value, step)
+            prune = step < trainer.max_steps and trial.should_prune()
+            if prune:
+                trial.set_user_attr(PRUNED_AT, step)
+                log.info(f"trial {self.trial_ref.number} pruned at step {step} ({self.monitor} {value:.4f})")
+        if trainer.strategy.broadcast(prune):
+            trainer.should_stop = True
+
+    def _trial(self):
+        if self.trial is None:
+            import optuna
+            from hydra.utils import instantiate
+
+            ref = self.trial_ref
+            study = optuna.load_study(study_name=ref.study_name, storage=ref.storage, pruner=instantiate(ref.pruner))
+            self.trial = optuna.trial.Trial(study, ref.trial_id)
+        return self.trial
+
+    def __getstate__(self):  # ddp_spawn pickles callbacks for its workers; an Optuna study does not pickle
+        return {**vars(self), "trial": None}
 
 
 class StepProgressBar(TQDMProgressBar):

@@ -51,18 +51,15 @@ def _quoted(overrides) -> str:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, a Markdown table of the jobs, best val loss first, in the sweep folder.
+    """At the end of a multirun (a grid), a Markdown table of the jobs, best val loss first, in the sweep folder.
 
     Each job's overrides come from its ``.hydra/overrides.yaml`` and its result from its result file, so
     the table is the same whichever launcher ran the jobs. A job without a result (it failed) is listed last.
     """
 
-    def on_multirun_start(self, config, **kwargs) -> None:
-        # Hydra creates the sweep folder when it launches the first job, but the Optuna sweeper opens its
-        # SQLite file (hparams_search/) in that folder before.
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-
     def on_multirun_end(self, config, **kwargs) -> None:
+        if "study_name" in config.hydra.sweeper:  # an Optuna study: its sweeper writes the summary, from the study
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = []
         for overrides_file in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):

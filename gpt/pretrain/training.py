@@ -23,9 +23,11 @@ from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import ARCHITECTURES, MIXERS, full_config
 from gpt.core.runs import latest
 from gpt.core.trainer import instantiate_trainer
+from gpt.pretrain.callbacks import TrialPruning
 from gpt.pretrain.data import micro_batch_size
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.plots import plot_losses
+from gpt.pretrain.sweeps import current_trial
 from gpt.pretrain.tracking import continue_metrics, write_result
 
 log = logging.getLogger(__name__)
@@ -277,6 +279,8 @@ def train(cfg: DictConfig) -> float:
 
     loggers = instantiate_loggers(cfg.logger, resume)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    if (trial := current_trial()) is not None:  # a trial of an Optuna sweep: report to it, stop if pruned
+        callbacks.append(TrialPruning(trial))
     trainer = build_trainer(cfg, loggers, callbacks)
     for logger in loggers:
         logger.log_hyperparams(config)
