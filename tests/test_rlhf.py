@@ -96,6 +96,16 @@ def test_bradley_terry_loss_and_accuracy_by_hand():
     assert pairwise_accuracy(-ratings, ratings).item() == 0.0
 
 
+def test_bradley_terry_loss_weighs_every_question_the_same_however_many_pairs_it_ranks():
+    # Question 1 ranks 3 pairs (margins 2 - 1, 1 - 0, 2 - 0), question 2 two (0 - 2 twice: its answers 1 and 2
+    # tie), question 3 none (all tied). Over all 5 pairs, question 1 would weigh 3/5.
+    scores = torch.tensor([[2.0, 1.0, 0.0], [0.0, 2.0, 2.0], [1.0, 4.0, 0.0]])
+    ratings = torch.tensor([[0.9, 0.5, 0.1], [0.8, 0.2, 0.2], [0.3, 0.3, 0.3]])
+    per_question = [(2 * math.log1p(math.exp(-1)) + math.log1p(math.exp(-2))) / 3, math.log1p(math.exp(2))]
+    assert bradley_terry_loss(scores, ratings).item() == pytest.approx(sum(per_question) / 2)
+    assert pairwise_accuracy(scores, ratings).item() == pytest.approx(3 / 5)  # the held-out figure: every pair
+
+
 def test_ranked_groups_keep_each_questions_answers_together_and_drop_questions_without_a_pair():
     idx, ends = torch.arange(18).view(6, 3), torch.tensor([1, 2, 3, 3, 2, 1])
     groups = ranked_groups(idx, ends, [0.5, 0.9, 0.5, 0.2, 0.2, 0.2], group_size=3)  # question 2: all tied

@@ -78,11 +78,16 @@ def ranked_margins(scores: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
 
 
 def bradley_terry_loss(scores: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(r_better - r_worse) averaged over the ranked pairs among each question's K answers: the
-    likelihood that the preferred answer wins under Bradley-Terry. A question's K answers are one batch element,
-    each scored once for its K - 1 pairs, as InstructGPT trains its reward model: K = 8 costs 8 forward passes
-    a question, not the 56 of its 28 pairs shuffled apart (which also show every answer K - 1 times an epoch)."""
-    return -F.logsigmoid(ranked_margins(scores, ratings)).mean()
+    """-log sigmoid(r_better - r_worse) averaged over the ranked pairs of each question's K answers, then over
+    the questions that rank a pair: the likelihood that the preferred answer wins under Bradley-Terry, each
+    question weighing the same however many of its pairs the rater ties (InstructGPT divides a prompt's loss by
+    its number of pairs). A question's K answers are one batch element, each scored once for its K - 1 pairs, as
+    InstructGPT trains its reward model: K = 8 costs 8 forward passes a question, not the 56 of its 28 pairs
+    shuffled apart (which also show every answer K - 1 times an epoch)."""
+    better = ratings[:, :, None] > ratings[:, None, :]
+    losses = torch.where(better, -F.logsigmoid(scores[:, :, None] - scores[:, None, :]), 0.0)
+    pairs = better.sum((1, 2))
+    return (losses.sum((1, 2))[pairs > 0] / pairs[pairs > 0]).mean()
 
 
 def pairwise_accuracy(scores: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:

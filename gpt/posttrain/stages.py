@@ -69,7 +69,7 @@ class RewardModule(CheckpointedModule):
     """A reward model (GPT backbone + scalar head) trained with the Bradley-Terry loss on ranked answers.
 
     Batches are (sequences (B, K, T), their lengths (B, K), the rater's scores (B, K)): the K answers to each of
-    B questions, every pair of them that the rater ranks (ties dropped) a term of the loss.
+    B questions. The loss averages each question's pairs that the rater ranks (ties dropped), then the questions.
     """
 
     KIND = "reward"
