@@ -69,8 +69,8 @@ def test_attention_weights_are_those_the_forward_pass_uses():
     torch.testing.assert_close(attention(x), spelled_out)
 
 
-def ladder_model(rung):
-    cfg = compose_train(f"model=ladder/{rung}")
+def ladder_model(rung, *overrides):
+    cfg = compose_train(f"model=ladder/{rung}", *overrides)
     check_config(cfg)
     return cfg, GPTModule(OmegaConf.to_container(cfg.model), {}, vocab=[chr(i) for i in range(VOCAB)]).model
 
@@ -86,6 +86,17 @@ def structure(model):
     heads = getattr(block.mixer, "n_head", None)
     layer_norm = isinstance(block.ln_1, nn.LayerNorm)
     return (len(model.blocks), mixer, heads, block.mlp is not None, block.residual, layer_norm)
+
+
+def test_the_average_rung_with_rope_samples_past_its_context_as_without_the_cache():
+    """With model.pos=rope the KV cache rolls, keeping the last block_size - 1 positions; the average counted every
+    position seen, and the first validation's sample died past block_size ("The size of tensor a ... must match")."""
+    _, model = ladder_model("3_average", "model.pos=rope")
+    start, n = torch.zeros((1, 1), dtype=torch.long), 3 * model.block_size
+    cached = model.eval().generate(start, n, temperature=0)
+    # one block whose input is the characters alone (no positions): the rolling window is the cropped one
+    assert torch.equal(cached, model.generate(start, n, temperature=0, use_cache=False))
+    assert cached.shape == (1, 1 + n)
 
 
 C, T = 32, 8  # the lecture's small width and context, rungs 2-8

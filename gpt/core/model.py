@@ -157,9 +157,9 @@ class CausalAverage(nn.Module):
         return mask / mask.sum(dim=1, keepdim=True)
 
     def forward(self, x, cache=None):
-        n_past = 0 if cache is None else cache.length
         past = x if cache is None else cache.update(self, x[:, None], x[:, None])[1][:, 0]
-        return self.weights(x, n_past).to(x.dtype) @ past  # (T, T') @ (B, T', C) -> (B, T, C)
+        # the positions the cache holds: all seen so far, or (a rolling cache, with RoPE) the last block_size
+        return self.weights(x, past.size(1) - x.size(1)).to(x.dtype) @ past  # (T, T') @ (B, T', C) -> (B, T, C)
 
 
 class Rotary(nn.Module):
