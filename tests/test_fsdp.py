@@ -1,7 +1,8 @@
-"""FSDP's code paths in the callbacks, on CI's CPU: two processes over gloo, the model wrapped with the arguments
-Lightning's FSDPStrategy passes to torch's FSDP (the LightningModule the root unit, one unit per Block,
-FULL_SHARD, use_orig_params). Lightning refuses FSDP without a GPU, so no Trainer: the tests call what its loops
-call (the hooks, a step rerouted through the root unit's forward), with a stand-in trainer.
+"""FSDP's code paths on CI's CPU: two processes over gloo, the model wrapped with the arguments Lightning's
+FSDPStrategy passes to torch's FSDP (the LightningModule the root unit, one unit per Block, FULL_SHARD,
+use_orig_params). Lightning refuses FSDP without a GPU, so no Trainer: the tests call what its loops call (the
+hooks, a step rerouted through the root unit's forward, the module's configure_optimizers once the model is
+wrapped, the strategy's own loading and saving of a full checkpoint), with a stand-in trainer.
 
 A collective that one rank never joins fails after TIMEOUT instead of hanging, and the parent gives up after
 DEADLINE whatever the workers do."""
@@ -19,14 +20,25 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import grad_norm
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp import (
+    FullOptimStateDictConfig,
+    FullStateDictConfig,
+    FullyShardedDataParallel,
+    OptimStateKeyType,
+    StateDictType,
+)
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from gpt.core.checkpoint import read_checkpoint
+from gpt.core.model import Block
 from gpt.pretrain.callbacks import TextSample, TrainingStats
 from gpt.pretrain.lightning_module import GPTModule
-from gpt.core.model import Block
+
+from .conftest import TINY_RUN, run_script
 
 WORLD_SIZE = 2
 TIMEOUT = datetime.timedelta(seconds=20)  # of each collective
@@ -54,7 +66,7 @@ def batch(rows: slice = slice(None)):
     return tokens[rows, :-1].contiguous(), tokens[rows, 1:].contiguous()
 
 
-def shard(rank: int, module: Module, use_orig_params: bool = True) -> FSDPStrategy:
+def shard(rank: int, module: Module, use_orig_params: bool = True, precision: str = "32-true") -> FSDPStrategy:
     """Wrap ``module`` as train.py trainer=fsdp does (conf/trainer/fsdp.yaml): a real FSDPStrategy's settings."""
     os.environ["LOCAL_RANK"] = str(rank)
     environment = LightningEnvironment()
@@ -63,6 +75,7 @@ def shard(rank: int, module: Module, use_orig_params: bool = True) -> FSDPStrate
     strategy = FSDPStrategy(
         parallel_devices=[torch.device("cpu")] * WORLD_SIZE,
         cluster_environment=environment,
+        precision_plugin=FSDPPrecision(precision),
         sharding_strategy="FULL_SHARD",
         auto_wrap_policy=ModuleWrapPolicy({Block}),
         use_orig_params=use_orig_params,
@@ -78,7 +91,8 @@ def shard(rank: int, module: Module, use_orig_params: bool = True) -> FSDPStrate
         **strategy.kwargs,
     )
     assert strategy.model.module is module
-    assert sum(isinstance(m, FullyShardedDataParallel) for m in strategy.model.modules()) == 1 + MODEL["n_layer"]
+    n_layer = module.hparams.model["n_layer"]
+    assert sum(isinstance(m, FullyShardedDataParallel) for m in strategy.model.modules()) == 1 + n_layer
     return strategy
 
 
@@ -93,6 +107,7 @@ def stand_in_trainer(rank: int, strategy: FSDPStrategy, root_dir) -> SimpleNames
         default_root_dir=str(root_dir),
         loggers=[],
         progress_bar_callback=None,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
     )
 
 
@@ -149,6 +164,40 @@ def grad_norm_worker(rank: int, out_dir):
         torch.save({**result, "fsdp": float(fsdp_norm)}, out_dir / f"rank{rank}.pt")
 
 
+def round_trip_worker(rank: int, out_dir, checkpoint_path):
+    """A one-process checkpoint of train.py into the product's optimizer under FSDP with bf16-mixed (trainer=fsdp
+    on a GPU), loaded and saved back by Lightning's FSDPStrategy itself, as a full checkpoint."""
+    with process_group(rank, out_dir):
+        hparams = read_checkpoint(checkpoint_path).raw["hyper_parameters"]
+        module = Module(hparams["model"], hparams["optim"], hparams["vocab"])
+        names = {id(p): name for name, p in module.named_parameters()}
+        strategy = shard(rank, module, precision="bf16-mixed")
+        module.trainer = stand_in_trainer(rank, strategy, out_dir)
+        optimizer = module.configure_optimizers()["optimizer"]  # Lightning calls it once the model is wrapped
+        groups = [([names[id(p)] for p in g["params"]], g["weight_decay"]) for g in optimizer.param_groups]
+        strategy._lightning_module, strategy.optimizers = module, [optimizer]
+        strategy.load_checkpoint(checkpoint_path)  # weights and optimizer state, as `ckpt_path=` under FSDP
+        # The full state on rank 0, as Lightning's FSDPStrategy.lightning_module_state_dict and optimizer_state
+        # gather it, but for their offload_to_cpu: with the shards on the CPU already, FSDP (torch 2.13) then
+        # segfaults on the weights and hands back the optimizer's exp_avg as a view of the buffer exp_avg_sq
+        # is gathered into next (on a GPU, the offload copies).
+        on_rank0 = dict(offload_to_cpu=False, rank0_only=True)
+        with FullyShardedDataParallel.state_dict_type(
+            strategy.model,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(**on_rank0),
+            FullOptimStateDictConfig(**on_rank0),
+        ):
+            weights = strategy.model.state_dict()
+            optimizer_state = FullyShardedDataParallel.optim_state_dict(strategy.model, optimizer)
+        if rank == 0:
+            optimizer_state = FullyShardedDataParallel.rekey_optim_state_dict(
+                optimizer_state, OptimStateKeyType.PARAM_ID, strategy.model
+            )
+        saved = {"groups": groups, "optimizer": optimizer_state, "weights": weights}
+        torch.save(saved, out_dir / f"rank{rank}.pt")
+
+
 def spawn(worker, out_dir, *args) -> list[dict]:
     """Run ``worker(rank, out_dir, *args)`` in WORLD_SIZE fresh processes; their results, by rank."""
     context = mp.start_processes(worker, args=(out_dir, *args), nprocs=WORLD_SIZE, join=False, start_method="spawn")
@@ -199,3 +248,67 @@ def test_logged_grad_norm_under_fsdp_is_the_norm_of_the_whole_gradient(tmp_path)
         assert r["fsdp"] == pytest.approx(expected, rel=1e-5)
     local = results[0]["local"]  # rank 0's shard alone, which was logged before: a part of the whole
     assert local is not None and local < expected * (1 - 1e-3)
+
+
+# --- the optimizer and the checkpoint under FSDP ---------------------------------------------------------------
+
+# model=tiny (AdamW, weight decay 0.1: Muon refuses FSDP) at TINY_RUN's size
+ROUND_TRIP_RUN = ["model=tiny", *TINY_RUN, "trainer.val_check_interval=10", "optim.decay_steps=20"]
+
+
+def train(run_dir, corpus_path, *overrides):
+    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *ROUND_TRIP_RUN, *overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, corpus_path):
+    """10 steps of train.py on one process: its last.ckpt."""
+    run_dir = tmp_path_factory.mktemp("one_process")
+    train(run_dir, corpus_path, "trainer.max_steps=10")
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def round_trip(one_process, tmp_path_factory) -> list[dict]:
+    """What each rank of round_trip_worker saw and saved."""
+    return spawn(round_trip_worker, tmp_path_factory.mktemp("round_trip"), one_process)
+
+
+@pytest.mark.slow
+def test_under_fsdp_configure_optimizers_gives_the_groups_of_one_device(one_process, round_trip):
+    """The groups were chosen by p.dim(): FSDP's 1-D shards left the decay group empty (no weight decay at all)."""
+    hparams = read_checkpoint(one_process).raw["hyper_parameters"]
+    module = Module(hparams["model"], hparams["optim"], hparams["vocab"])
+    names = {id(p): name for name, p in module.named_parameters()}
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = [([names[id(p)] for p in g["params"]], g["weight_decay"]) for g in optimizer.param_groups]
+    assert [r["groups"] for r in round_trip] == [groups, groups]
+    decayed, weight_decay = groups[0]
+    assert weight_decay == 0.1 and decayed == [name for name, p in module.named_parameters() if p.dim() == 2]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_goes_through_fsdp_and_resumes_on_one_process_as_it_was(
+    one_process, round_trip, tmp_path, corpus_path
+):
+    """One process -> FSDP (Lightning's loading) -> one process (FSDP's full state, as Lightning saves it, then
+    ckpt_path=): the same weights and optimizer state, and the resumed run trains exactly as one resumed from the
+    original. Before, FSDP's optimizer had an empty decay group, and loading the one-process file failed."""
+    original, rank0 = torch.load(one_process, weights_only=True), round_trip[0]
+    through_fsdp = {**original, "state_dict": rank0["weights"], "optimizer_states": [rank0["optimizer"]]}
+    assert through_fsdp["state_dict"].keys() == original["state_dict"].keys()
+    assert all(torch.equal(w, original["state_dict"][name]) for name, w in through_fsdp["state_dict"].items())
+    state, expected = rank0["optimizer"], original["optimizer_states"][0]
+    assert [g["params"] for g in state["param_groups"]] == [g["params"] for g in expected["param_groups"]]
+    assert state["state"].keys() == expected["state"].keys()
+    for key, moments in state["state"].items():
+        assert all(torch.equal(value, expected["state"][key][name]) for name, value in moments.items())
+    torch.save(through_fsdp, tmp_path / "through_fsdp.ckpt")
+    for name, checkpoint in (("resumed", one_process), ("resumed_through_fsdp", tmp_path / "through_fsdp.ckpt")):
+        train(tmp_path / name, corpus_path, "trainer.max_steps=20", f"ckpt_path={checkpoint}")
+    resumed, through = (
+        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for name in ("resumed", "resumed_through_fsdp")
+    )
+    assert all(torch.equal(through[name], weight) for name, weight in resumed.items())

@@ -9,6 +9,8 @@ from functools import partial
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
 
 from gpt.core.checkpoint import KIND_KEY
 from gpt.core.errors import UserError
@@ -52,6 +54,7 @@ def wsd_factor(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: flo
 
 SCHEDULES = ("cosine", "wsd")
 OPTIMIZERS = ("adamw", "muon")
+MATRIX_LAYERS = (nn.Linear, nn.Embedding)  # whose weights AdamW decays
 
 
 def check_optim(optim: dict) -> None:
@@ -150,12 +153,19 @@ class CheckpointedModule(L.LightningModule):
         return optimizer, self.lr_schedule(optimizer, decay_steps)
 
     def _adamw_groups(self, params) -> list[dict]:
-        """Weight decay on the matrices (weights, embeddings) only."""
+        """Weight decay on the matrices only: the weights of the linear layers and embeddings, not the norms'
+        gains or the biases; each group in the order of ``params``.
+
+        The layer that holds a parameter decides, not its shape: Lightning calls configure_optimizers once the
+        strategy has wrapped the model, and under FSDP (``use_orig_params``) every parameter is then a 1-D view
+        of this rank's shard, some empty. The groups are those of one device, so a checkpoint resumes with or
+        without FSDP (``on_save_checkpoint``)."""
         cfg = self.hparams.optim
         params = [p for p in params if p.requires_grad]
+        matrices = {id(layer.weight) for layer in self.modules() if isinstance(layer, MATRIX_LAYERS)}
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in params if id(p) in matrices], "weight_decay": cfg["weight_decay"]},
+            {"params": [p for p in params if id(p) not in matrices], "weight_decay": 0.0},
         ]
         if not cfg["weight_decay"]:  # one group, in the models' order: the order the gradient norm is summed in
             groups = [{"params": params, "weight_decay": 0.0}]
@@ -198,6 +208,22 @@ class CheckpointedModule(L.LightningModule):
         checkpoint[KIND_KEY] = self.KIND
         checkpoint["config"] = self.run_config
         checkpoint["rng"] = {name: self._gather(state) for name, state in self._rng_states().items()}
+        if "optimizer_states" in checkpoint and not isinstance(self.trainer.strategy, FSDPStrategy):
+            checkpoint["optimizer_states"] = [
+                self._keyed_by_parameter(state, optimizer)
+                for state, optimizer in zip(checkpoint["optimizer_states"], self.trainer.optimizers, strict=True)
+            ]
+
+    def _keyed_by_parameter(self, state: dict, optimizer) -> dict:
+        """``optimizer``'s state dict with each parameter keyed by its place among this module's parameters, as
+        Lightning's FSDP writes a full checkpoint, instead of by its place in the optimizer's groups (torch's
+        own keys). FSDP reads a file's keys as the former: with two groups (decay, no decay) interleaved in the
+        model, torch's keys would hand one parameter's moments to another. torch's ``load_state_dict`` maps
+        either kind of key by the groups' order, so one device reads both."""
+        named = FullyShardedDataParallel.rekey_optim_state_dict(
+            state, OptimStateKeyType.PARAM_NAME, self, optim=optimizer
+        )
+        return FullyShardedDataParallel.rekey_optim_state_dict(named, OptimStateKeyType.PARAM_ID, self)
 
     def on_load_checkpoint(self, checkpoint):
         self._restore_rng(checkpoint)
