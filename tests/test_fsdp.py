@@ -34,7 +34,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from gpt.core.checkpoint import read_checkpoint
-from gpt.core.model import Block
+from gpt.core.model import Block, Rotary
 from gpt.pretrain.callbacks import TextSample, TrainingStats
 from gpt.pretrain.lightning_module import GPTModule
 
@@ -177,6 +177,11 @@ def round_trip_worker(rank: int, out_dir, checkpoint_path):
         groups = [([names[id(p)] for p in g["params"]], g["weight_decay"]) for g in optimizer.param_groups]
         strategy._lightning_module, strategy.optimizers = module, [optimizer]
         strategy.load_checkpoint(checkpoint_path)  # weights and optimizer state, as `ckpt_path=` under FSDP
+        tokens = torch.randint(len(hparams["vocab"]), (1, hparams["model"]["block_size"] + 1))
+        with torch.no_grad():  # FSDP casts the buffers to bf16 on its first forward
+            strategy._forward_redirection(strategy.model, module, "loss", tokens[:, :-1], tokens[:, 1:])
+        x = torch.randn(1, 1, 40, hparams["model"]["n_embd"] // hparams["model"]["n_head"])
+        rotated = module.model.blocks[0].mixer.rotary(x, 0)
         # The full state on rank 0, as Lightning's FSDPStrategy.lightning_module_state_dict and optimizer_state
         # gather it, but for their offload_to_cpu: with the shards on the CPU already, FSDP (torch 2.13) then
         # segfaults on the weights and hands back the optimizer's exp_avg as a view of the buffer exp_avg_sq
@@ -194,7 +199,7 @@ def round_trip_worker(rank: int, out_dir, checkpoint_path):
             optimizer_state = FullyShardedDataParallel.rekey_optim_state_dict(
                 optimizer_state, OptimStateKeyType.PARAM_ID, strategy.model
             )
-        saved = {"groups": groups, "optimizer": optimizer_state, "weights": weights}
+        saved = {"groups": groups, "rotated": rotated, "x": x, "optimizer": optimizer_state, "weights": weights}
         torch.save(saved, out_dir / f"rank{rank}.pt")
 
 
@@ -252,8 +257,8 @@ def test_logged_grad_norm_under_fsdp_is_the_norm_of_the_whole_gradient(tmp_path)
 
 # --- the optimizer and the checkpoint under FSDP ---------------------------------------------------------------
 
-# model=tiny (AdamW, weight decay 0.1: Muon refuses FSDP) at TINY_RUN's size
-ROUND_TRIP_RUN = ["model=tiny", *TINY_RUN, "trainer.val_check_interval=10", "optim.decay_steps=20"]
+# model=tiny (AdamW, weight decay 0.1: Muon refuses FSDP) at TINY_RUN's size, with RoPE
+ROUND_TRIP_RUN = ["model=tiny", *TINY_RUN, "model.pos=rope", "trainer.val_check_interval=10", "optim.decay_steps=20"]
 
 
 def train(run_dir, corpus_path, *overrides):
@@ -286,6 +291,13 @@ def test_under_fsdp_configure_optimizers_gives_the_groups_of_one_device(one_proc
     assert [r["groups"] for r in round_trip] == [groups, groups]
     decayed, weight_decay = groups[0]
     assert weight_decay == 0.1 and decayed == [name for name, p in module.named_parameters() if p.dim() == 2]
+
+
+@pytest.mark.slow
+def test_rope_rotates_in_float32_under_fsdp_bf16_mixed_as_when_sampling(round_trip):
+    """FSDP's bf16-mixed casts buffers to bf16: a frequency buffer rotated otherwise in training than in sample.py."""
+    for r in round_trip:
+        assert torch.equal(r["rotated"], Rotary(r["x"].size(-1))(r["x"], 0))
 
 
 @pytest.mark.slow

@@ -174,14 +174,15 @@ class Rotary(nn.Module):
 
     def __init__(self, head_size: int, base: float = 10000.0):
         super().__init__()
-        # not saved in the state dict: a pure function of head_size, recomputed at build
-        inv_freq = base ** -(torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_size, self.base = head_size, base
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Rotate ``x`` (B, H, T, head_size), whose positions are start, ..., start + T - 1."""
+        # The frequencies are computed here in float32, not kept in a buffer: a buffer follows the module's casts
+        # (FSDP's bf16 mixed precision casts buffers), and the rotation of training would differ from sampling's.
+        inv_freq = self.base ** -(torch.arange(0, self.head_size, 2, device=x.device).float() / self.head_size)
         pos = torch.arange(start, start + x.size(-2), device=x.device, dtype=torch.float32)
-        angles = torch.outer(pos, self.inv_freq)  # (T, head_size / 2)
+        angles = torch.outer(pos, inv_freq)  # (T, head_size / 2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
