@@ -4,16 +4,19 @@ re-execute pytest as its second rank."""
 
 import csv
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
+from omegaconf import OmegaConf
 
 from gpt.core.checkpoint import load_model
 from gpt.core.errors import UserError
 from gpt.core.model import Block
 from gpt.pretrain.data import RandomBatches
+from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import build_trainer, check_config, resolve_speed_settings
 
 from .conftest import TINY_RUN, run_script
@@ -161,14 +164,36 @@ def test_fsdp_config_shards_by_block_and_saves_one_full_checkpoint():
     assert Block in strategy.kwargs["auto_wrap_policy"]._module_classes
 
 
+# The GPU test's run: model=tiny (AdamW) at TINY_RUN's size; the default model's Muon refuses FSDP
+FSDP_RUN = ["model=tiny", "trainer=fsdp", "trainer.accelerator=gpu", "trainer.devices=1"]
+
+
+def test_the_gpu_fsdp_run_trains_a_model_fsdp_can_shard():
+    """The run below sets up its optimizer under FSDP as on the GPU. It set no model, so it got the default's
+    Muon, which FSDP refuses ("optim=muon orthogonalises whole matrices"): the GPU report's FSDP test could not pass."""
+    cfg = compose_train(*RUN, *FSDP_RUN)
+    check_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = GPTModule(config["model"], config["optim"], vocab=list("abcdefgh"))
+    module.trainer = SimpleNamespace(strategy=instantiate(cfg.trainer.strategy))
+    assert isinstance(module.trainer.strategy, FSDPStrategy)
+    assert module.configure_optimizers()["optimizer"].param_groups[0]["weight_decay"] == 0.1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA (tests/test_fsdp.py: its code path on CPU)"
 )
 def test_fsdp_trains_and_its_checkpoint_samples_on_the_cpu(tmp_path, corpus_path):
-    train(tmp_path, corpus_path, "trainer=fsdp", "trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=10")
+    train(tmp_path, corpus_path, *FSDP_RUN, "trainer.max_steps=10")
     model, _ = load_model(tmp_path / "checkpoints" / "best.ckpt", "cpu")
     assert next(model.parameters()).device.type == "cpu"
     resumed = tmp_path / "resumed"
-    train(resumed, corpus_path, "trainer.max_steps=20", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}")
+    train(
+        resumed,
+        corpus_path,
+        "model=tiny",
+        "trainer.max_steps=20",
+        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+    )
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
