@@ -95,6 +95,18 @@ def test_resuming_with_accumulation_and_an_odd_interval_continues_exactly(corpus
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6)
 
 
+def test_a_run_stopped_before_its_first_validation_says_so_in_one_line(corpus_path, tmp_path):
+    """trainer.max_time (here: at once) stopped the run before it validated or wrote a checkpoint, and train.py then
+    loaded a best checkpoint of "", the current folder: "is not a model exported by export.py"."""
+    args = [f"data.path={corpus_path}", f"hydra.run.dir={tmp_path}", *RUN, "trainer.max_steps=20"]
+    result = run_script("train.py", *args, "+trainer.max_time=00:00:00:00")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: training stopped before its first validation (every trainer.val_check_interval=10 steps), so it "
+        "wrote no checkpoint: give it more time (trainer.max_time) or validate sooner"
+    )
+
+
 def test_resuming_from_another_model_is_refused(run_dir):
     other = GPTModule(dict(arch="bigram", block_size=16), {}, vocab=list("ab"))
     with pytest.raises(UserError, match="cannot resume.*trained with model="):

@@ -245,13 +245,19 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> L.Trainer:
     return trainer
 
 
+STOPPED_EARLY = "training stopped before its first validation"  # the start of train's error then
+
+
 def recover_spawned_fit(trainer: L.Trainer) -> None:
     """After ``ddp_spawn``, bring back what the worker processes knew: only the weights and the best
     checkpoint's path come back (Lightning's spawn launcher); last.ckpt has the best score and step count."""
     if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         return
     best = trainer.checkpoint_callback
-    checkpoint = read_checkpoint(Path(best.dirpath) / f"{best.CHECKPOINT_NAME_LAST}{best.FILE_EXTENSION}").raw
+    last = Path(best.dirpath) / f"{best.CHECKPOINT_NAME_LAST}{best.FILE_EXTENSION}"
+    if not last.is_file():  # stopped before the first validation: nothing to bring back
+        return
+    checkpoint = read_checkpoint(last).raw
     best.load_state_dict(checkpoint["callbacks"][best.state_key])
     trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])
 
@@ -288,6 +294,11 @@ def train(cfg: DictConfig) -> float:
     recover_spawned_fit(trainer)
 
     best = trainer.checkpoint_callback
+    if not best.best_model_path:  # trainer.max_time (or an interrupt) stopped it early
+        raise UserError(
+            f"{STOPPED_EARLY} (every trainer.val_check_interval={cfg.trainer.val_check_interval} steps), so it wrote "
+            "no checkpoint: give it more time (trainer.max_time) or validate sooner"
+        )
     if trainer.is_global_zero:
         model, tokenizer = load_model(best.best_model_path, module.device, kinds=("pretrained",), job="train.py")
         idx = torch.tensor([tokenizer.prompt_ids()], device=module.device)
