@@ -1,15 +1,19 @@
 """A GPU machine's report in one command: the GPU tests, `model=small` to the end of its recipe, DDP on every GPU.
 
-    scripts/gpu_report.sh [--out REPORT.md] [--budget-min 10] [--max-steps N] [overrides...]
+    scripts/gpu_report.sh [--out REPORT.md] [--budget-min 10] [--max-steps N] [--max-time-s S] [--tests PATH]
+                          [overrides...]
     scripts/gpu_report.sh --cpu-smoke data.path=input.txt    # the same pipeline, a tiny model, 4 steps, on the CPU
 
-1. ``python -m pytest -q -m gpu tests``: the tests marked ``gpu`` (the report says so when none is).
+1. ``python -m pytest -q -m gpu tests``: the tests marked ``gpu``. None selected is a failure: nothing was checked.
 2. ``train.py model=small`` with its defaults (and the overrides given here) to the end of its recipe, after a
-   short throughput probe (bench.py's Lightning loop on random tokens). If the probe's step time says the recipe
-   does not fit what is left of the budget, ``trainer.max_steps`` is cut to what fits, and the report says so.
-   A ``trainer.max_time`` guard stops the run if the estimate was wrong; the report says if it fired.
-3. DDP on every visible GPU (``trainer.devices=N``, the per-GPU batch of step 2), a short run: tokens/s and the
-   scaling efficiency against step 2's one GPU. Skipped, and said, with fewer than two GPUs.
+   short throughput probe (bench.py's Lightning loop on random tokens, in a process of its own, so that its
+   memory is free again before the runs). If the probe's step time says the recipe does not fit what is left
+   of the budget, ``trainer.max_steps`` is cut to what fits, and the report says so. A ``trainer.max_time``
+   guard stops the run if the estimate was wrong; the report says if it fired, also before the first validation
+   (then nothing is measured).
+3. DDP on the visible GPUs (``trainer.devices=N``, the per-GPU batch of step 2, the same eval chunks), a short
+   run: tokens/s and the scaling efficiency against step 2's one GPU. N is the most GPUs that share the eval
+   chunks evenly (``data.eval_chunks``). Skipped, and said, with fewer than two GPUs.
 
 Every figure in the report is measured by this run; estimates (only used to plan the cut) are labelled as such.
 The run folders (and, without ``--out``, ``report.md``) go to ``outputs/gpu_report/<date>_<time>/`` under the
@@ -22,11 +26,13 @@ STARTED = time.perf_counter()  # the budget counts from here
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402, I001  (bench imports gpt before torch, which sets the OpenMP spin)
 import torch  # noqa: E402
+
+from gpt.pretrain.training import STOPPED_EARLY  # noqa: E402
 
 TARGET = 1.47  # nanoGPT's val loss for the lecture's model
 STARTUP_S = 60  # allowance per train.py process for imports, data and torch.compile (an estimate, for planning only)
@@ -106,26 +114,38 @@ def elapsed() -> float:
 # ----------------------------------------------------------------------------------------------- the steps
 
 
-def run_gpu_tests(log_path: Path) -> dict:
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
+def run_gpu_tests(log_path: Path, tests: str) -> dict:
+    """pytest -m gpu on ``tests`` (a folder or file of the repository). Passing means exit 0: pytest's exit 5, no
+    test selected, is a failure too, since nothing was checked."""
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", tests]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     wall_s = time.perf_counter() - started
     log_path.write_text(result.stdout + result.stderr)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else "(no output)"
-    outcome = {0: "passed", 5: "none selected"}.get(result.returncode, f"FAILED (exit {result.returncode})")
-    return {"command": "python -m pytest -q -m gpu tests", "outcome": outcome, "summary": summary,
-            "wall_s": wall_s, "log": shown(log_path), "ok": result.returncode in (0, 5)}  # fmt: skip
+    outcome = {0: "passed", 5: "FAILED: none selected"}.get(result.returncode, f"FAILED (exit {result.returncode})")
+    return {"command": f"python -m pytest -q -m gpu {tests}", "outcome": outcome, "summary": summary,
+            "wall_s": wall_s, "log": shown(log_path), "ok": result.returncode == 0}  # fmt: skip
 
 
 def probe(device, overrides: list[str], smoke: bool) -> dict:
+    """bench.py's throughput of model=small, in a process of its own: what it holds (on a GPU its model, optimizer,
+    cached blocks and CUDA context) is freed when that process exits, before the training runs start."""
     steps, warmup = SMOKE_PROBE if smoke else (50, 10)
-    try:
-        result = bench.bench_throughput("small", device, steps, warmup, overrides=overrides, plain=False)
-    except Exception as err:  # reported, and the run goes on without a cut estimate
-        return {"error": f"{type(err).__name__}: {err}", "steps": steps, "warmup": warmup}
-    return {**result, "steps": steps, "warmup": warmup}
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            pid = pool.submit(os.getpid).result()
+            result = pool.submit(bench.bench_throughput, "small", device, steps, warmup, overrides, False).result()
+        except Exception as err:  # reported, and the run goes on without a cut estimate
+            return {"error": f"{type(err).__name__}: {err}", "steps": steps, "warmup": warmup}
+    return {**result, "steps": steps, "warmup": warmup, "pid": pid}
+
+
+def ddp_devices(n_gpus: int, eval_chunks: int) -> int:
+    """The most of ``n_gpus`` GPUs over which ``eval_chunks`` split evenly (train.py requires it), so that the DDP
+    run evaluates the same chunks as the one-GPU run."""
+    return max(n for n in range(1, n_gpus + 1) if eval_chunks % n == 0)
 
 
 def train_run(name: str, run_dir: Path, overrides: list[str], target: float) -> dict:
@@ -135,6 +155,8 @@ def train_run(name: str, run_dir: Path, overrides: list[str], target: float) -> 
     result, wall_s = bench.run_train(overrides, run_dir)
     (run_dir / "console.txt").write_text(result.stdout + result.stderr)
     run = {"name": name, "command": command, "wall_s": wall_s, "folder": shown(run_dir), "ok": not result.returncode}
+    if result.returncode and STOPPED_EARLY in result.stderr:  # the time guard: a cut, not a failure
+        return {**run, "ok": True, "stopped_early": True}
     if result.returncode:
         run["error"] = f"exit {result.returncode}:\n" + "\n".join(result.stderr.strip().splitlines()[-15:])
         return run
@@ -163,6 +185,10 @@ def mfu_text(run: dict, device_name: str, peak, devices: int, cfg) -> str:
 def run_rows(run: dict, target: float, device_name: str, peak, devices: int, cfg, planned: int, of: str) -> list:
     """One run's table: ``of`` follows the steps run ("of the recipe's 5,000"), ``planned`` tells a stopped run."""
     rows = [("command", f"`{run['command']}`")]
+    if run.get("stopped_early"):
+        rows += [("outcome", "**stopped by the time guard** before its first validation: nothing measured"),
+                 ("wall time", f"{run['wall_s']:.0f} s")]  # fmt: skip
+        return ["| | |", "| --- | --- |", *(f"| {key} | {value} |" for key, value in rows)]
     if not run["ok"]:
         rows += [("outcome", "**FAILED**, nothing measured"), ("wall time", f"{run['wall_s']:.0f} s")]
         table = [f"| {key} | {value} |" for key, value in rows]
@@ -214,8 +240,8 @@ def write_report(path: Path, r: dict) -> str:
     tests = r["tests"]
     lines += ["## 1. GPU tests", "", f"`{tests['command']}`: **{tests['outcome']}** ({tests['summary']}), "
               f"{tests['wall_s']:.0f} s; output in `{tests['log']}`."]  # fmt: skip
-    if tests["outcome"] == "none selected":
-        lines += ["", "No test is marked `gpu` (`@pytest.mark.gpu`), so pytest selected none: no GPU test ran."]
+    if tests["outcome"] == "FAILED: none selected":
+        lines += ["", "No test there is marked `gpu` (`@pytest.mark.gpu`), so pytest selected none: no GPU test ran."]
     lines += [""]
 
     main, p = r["main"], r["probe"]
@@ -229,7 +255,7 @@ def write_report(path: Path, r: dict) -> str:
         lines += [f"Throughput probe (bench.py, {p['steps']} steps): **failed**, no cut estimated: `{p['error']}`", ""]
     else:
         probe_mfu = "n/a on CPU" if device_name == "cpu" else number(p["mfu_pct"], ".1f", "%") if peak else "unknown"
-        memory = "peak RSS of the report's process" if device_name == "cpu" else "torch.cuda.max_memory_allocated"
+        memory = "peak RSS of the probe's process" if device_name == "cpu" else "torch.cuda.max_memory_allocated"
         lines += [f"Throughput probe (bench.py's Lightning loop on random tokens, {p['steps']} steps after "
                   f"{p['warmup']} warm-up): {p['tokens_per_s']:,.0f} tokens/s, "
                   f"{p['lightning_ms_per_step']:.1f} ms/step, MFU {probe_mfu}, "
@@ -243,7 +269,8 @@ def write_report(path: Path, r: dict) -> str:
         lines += [f"**Skipped**: {ddp['skipped']}.", ""]
     else:
         lines += [f"A short run ({ddp['planned']:,} steps, not the recipe) on {ddp['devices']} GPUs with the per-GPU "
-                  f"batch of step 2 (data.batch_size {ddp['batch']}): weak scaling.", ""]  # fmt: skip
+                  f"batch of step 2 (data.batch_size {ddp['batch']}) and its eval chunks: weak scaling.",
+                  ""]  # fmt: skip
         lines += run_rows(ddp["run"], target, device_name, peak, ddp["devices"], cfg, ddp["planned"], "(a short run)")
         one, many = main.get("tokens_per_s"), ddp["run"].get("tokens_per_s")
         if one and many:
@@ -264,6 +291,8 @@ def main() -> int:
     parser.add_argument("--out", help="the markdown report (default: report.md in the report's run folder)")
     parser.add_argument("--budget-min", type=float, default=10, help="minutes for the whole report; 0: no limit")
     parser.add_argument("--max-steps", type=int, help="cut model=small's recipe to this many steps")
+    parser.add_argument("--max-time-s", type=int, help="the main run's time guard (default: what the budget leaves)")
+    parser.add_argument("--tests", default="tests", help="the folder or file of tests marked gpu to run")
     parser.add_argument("--ddp-steps", type=int, default=200, help="steps of the DDP run")
     parser.add_argument("--target", type=float, default=TARGET, help="the val loss to time (default 1.47)")
     parser.add_argument("--cpu-smoke", action="store_true", help="the pipeline with a tiny model on the CPU")
@@ -286,7 +315,7 @@ def main() -> int:
     cuts = []
 
     print(f"[{elapsed():.0f} s] 1. GPU tests", flush=True)
-    tests = run_gpu_tests(runs / "gpu_tests.txt")
+    tests = run_gpu_tests(runs / "gpu_tests.txt", args.tests)
 
     print(f"[{elapsed():.0f} s] 2. throughput probe", flush=True)
     probe_result = probe(device, overrides[1:], smoke)
@@ -304,32 +333,41 @@ def main() -> int:
         main_overrides.append(f"trainer.max_steps={plan['steps']}")
     if plan["val_every"] != val_every:
         main_overrides.append(f"trainer.val_check_interval={plan['val_every']}")
-    if seconds:
-        guard = max(60, seconds - 20)  # the timer starts after the process has started and loaded the data
+    if seconds or args.max_time_s is not None:
+        # the timer starts after the process has started and loaded the data
+        guard = max(60, seconds - 20) if args.max_time_s is None else args.max_time_s
         main_overrides.append(f"+trainer.max_time={duration(guard)}")
     print(f"[{elapsed():.0f} s] 2. train.py model=small, {plan['steps']} steps", flush=True)
     main_run = train_run("small", runs / "small", main_overrides, args.target)
-    if main_run["ok"] and main_run["steps"] < plan["steps"]:
+    if main_run.get("stopped_early"):
+        cuts.append("The main run was stopped by its time guard (trainer.max_time) before its first validation: "
+                    "nothing measured")  # fmt: skip
+    elif main_run["ok"] and main_run["steps"] < plan["steps"]:
         cuts.append(f"The main run was stopped by its time guard (trainer.max_time) at step {main_run['steps']:,} "
                     f"of {plan['steps']:,}: the estimate was wrong")  # fmt: skip
 
-    if n_gpus < 2:
-        visible = "the CPU smoke run uses no GPU" if smoke else f"{n_gpus} GPU is visible"
+    devices = ddp_devices(n_gpus, cfg.data.eval_chunks) if n_gpus else 0
+    if devices < 2:
+        visible = "the CPU smoke run uses no GPU" if smoke else f"{n_gpus} GPU(s) visible"
+        if n_gpus >= 2:
+            visible += f", and data.eval_chunks={cfg.data.eval_chunks} splits evenly over none of 2..{n_gpus}"
         ddp = {"skipped": f"{visible}; DDP needs at least 2"}
         cuts.append(f"DDP step skipped: {ddp['skipped']}")
     else:
-        batch = cfg.data.batch_size * n_gpus
-        chunks = -(-cfg.data.eval_chunks // n_gpus) * n_gpus  # every rank evaluates an equal share
+        if devices < n_gpus:
+            cuts.append(f"DDP run on {devices} of the {n_gpus} GPUs: data.eval_chunks={cfg.data.eval_chunks} must "
+                        "split evenly over them")  # fmt: skip
+        batch = cfg.data.batch_size * devices
         steps, left = args.ddp_steps, budget_s and budget_s - elapsed() - REPORT_RESERVE_S
         if left and ms and STARTUP_S + steps * ms / 1000 * SAFETY > left:
             steps = max(1, int((left - STARTUP_S) / (ms / 1000 * SAFETY)))
             cuts.append(f"DDP run: {args.ddp_steps:,} → {steps:,} steps, to fit the {left:.0f} s left of the budget")
-        ddp_overrides = [*overrides, f"trainer.devices={n_gpus}", f"data.batch_size={batch}",
-                         f"data.eval_chunks={chunks}", f"trainer.max_steps={steps}",
+        ddp_overrides = [*overrides, f"trainer.devices={devices}", f"data.batch_size={batch}",
+                         f"trainer.max_steps={steps}",
                          f"trainer.val_check_interval={steps}"]  # fmt: skip  # one validation, at the end
-        print(f"[{elapsed():.0f} s] 3. DDP on {n_gpus} GPUs, {steps} steps", flush=True)
+        print(f"[{elapsed():.0f} s] 3. DDP on {devices} GPUs, {steps} steps", flush=True)
         run = train_run("ddp", runs / "ddp", ddp_overrides, args.target)
-        ddp = {"devices": n_gpus, "batch": batch, "planned": steps, "run": run}
+        ddp = {"devices": devices, "batch": batch, "planned": steps, "run": run}
 
     report = {
         "argv": sys.argv[1:], "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),

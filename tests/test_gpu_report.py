@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import bench
@@ -60,6 +61,22 @@ def test_the_recipe_runs_whole_when_it_fits_and_is_cut_to_whole_validations_when
     assert gpu_report.duration(500) == "00:00:08:20"
 
 
+def test_ddp_runs_on_the_most_gpus_over_which_the_eval_chunks_split_evenly():
+    """The DDP run evaluates step 2's chunks (256 for model=small); it rounded data.eval_chunks up to a multiple of
+    the GPUs instead, another eval set (258 on 3 GPUs)."""
+    assert [gpu_report.ddp_devices(n, 256) for n in (1, 2, 3, 4, 5, 6, 7, 8)] == [1, 2, 2, 4, 4, 4, 4, 8]
+    assert gpu_report.ddp_devices(4, 255) == 3 and gpu_report.ddp_devices(2, 255) == 1  # 1: skipped, and said
+
+
+def test_the_throughput_probe_runs_and_frees_its_memory_in_a_process_of_its_own():
+    """On a GPU, the probe's model, optimizer and cached blocks stayed allocated in the report's process while the
+    training runs after it ran on the same GPU: now they go with a process that has exited."""
+    result = gpu_report.probe(torch.device("cpu"), gpu_report.SMOKE_OVERRIDES, smoke=True)
+    assert result["tokens_per_s"] > 0 and result["pid"] != os.getpid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(result["pid"], 0)  # gone
+
+
 def test_the_gpu_sections_of_the_report_from_given_figures(tmp_path):
     """What the report writes on a 2-GPU machine, from made-up inputs (no GPU here): MFU over the known peak, the
     scaling efficiency against one GPU, and a run that the time guard stopped."""
@@ -86,14 +103,18 @@ def test_the_gpu_sections_of_the_report_from_given_figures(tmp_path):
     assert (tmp_path / "r.md").read_text() == text
 
 
-@pytest.mark.slow
-def test_cpu_smoke_report_has_every_section_and_figure_and_says_what_was_cut(corpus_path, tmp_path):
+def gpu_report_sh(cwd, *args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    result = subprocess.run(
-        ["bash", ROOT / "scripts" / "gpu_report.sh", "--cpu-smoke", "--out", "report.md", f"data.path={corpus_path}"],
-        cwd=tmp_path, env={**env, "PYTHON": sys.executable}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    return subprocess.run(
+        ["bash", ROOT / "scripts" / "gpu_report.sh", "--cpu-smoke", "--out", "report.md", *args],
+        cwd=cwd, env={**env, "PYTHON": sys.executable}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cpu_smoke_report_has_every_section_and_figure_and_says_what_was_cut(corpus_path, tmp_path):
+    result = gpu_report_sh(tmp_path, f"data.path={corpus_path}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     sections = [
@@ -121,3 +142,22 @@ def test_cpu_smoke_report_has_every_section_and_figure_and_says_what_was_cut(cor
     assert "not measured" not in report and "FAILED" not in report
     (run_dir,) = (tmp_path / "outputs" / "gpu_report").glob("*/small")
     assert (run_dir / "metrics.csv").exists() and (run_dir / "peak_memory_rank0.json").exists()
+
+
+@pytest.mark.slow
+def test_cpu_smoke_report_fails_without_gpu_tests_and_tells_a_time_guard_cut_from_a_failure(corpus_path, tmp_path):
+    """No test selected (pytest's exit 5) made a report that exits 0; a time guard that fires before the first
+    validation made the run look FAILED (train.py then loaded a best checkpoint of "")."""
+    no_gpu_tests = "tests/test_tokenizer.py"
+    result = gpu_report_sh(tmp_path, "--tests", no_gpu_tests, "--max-time-s", "0", f"data.path={corpus_path}")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    assert f"`python -m pytest -q -m gpu {no_gpu_tests}`: **FAILED: none selected**" in report
+    cut = (
+        "- The main run was stopped by its time guard (trainer.max_time) before its first validation: nothing measured"
+    )
+    assert cut in report
+    assert "| outcome | **stopped by the time guard** before its first validation: nothing measured |" in report
+    assert "+trainer.max_time=00:00:00:00" in report and "**FAILED**, nothing measured" not in report
+    (run_dir,) = (tmp_path / "outputs" / "gpu_report").glob("*/small")
+    assert "error: training stopped before its first validation" in (run_dir / "console.txt").read_text()
