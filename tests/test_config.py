@@ -5,16 +5,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from gpt.core.checkpoint import Checkpoint
 from gpt.core.config import compose_config
 from gpt.core.errors import UserError
 from gpt.pretrain.lightning_module import GPTModule
-from gpt.pretrain.training import check_config, fit_to_run_length, resolve_speed_settings
+from gpt.pretrain.training import check_config, fit_to_run_length, keep_schedule, resolve_speed_settings
 
 from .conftest import ROOT, run_script
 
 CONF = ROOT / "conf"
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in
            ("model", "trainer", "logger", "callbacks", "data", "optim")}  # fmt: skip
+EVERY_MODEL = sorted(str(p.relative_to(CONF / "model").with_suffix("")) for p in (CONF / "model").rglob("*.yaml"))
 
 
 def compose_train(*overrides, output_dir="/tmp/unused"):
@@ -94,6 +96,26 @@ def test_a_run_of_any_length_gets_an_interval_and_warmup_that_fit(steps, interva
     fit_to_run_length(cfg)
     check_config(cfg)
     assert (cfg.trainer.val_check_interval, cfg.optim.warmup_steps) == fitted
+
+
+@pytest.mark.parametrize("model", EVERY_MODEL)
+def test_a_quick_try_of_every_model_extends_to_its_recipe_on_the_same_schedule(model, tmp_path):
+    """`python train.py model=M trainer.max_steps=20`, then its last.ckpt with the recipe's trainer.max_steps: the
+    config train.py resumes with (fit_to_run_length, check_config, keep_schedule in train's order) is accepted
+    and keeps the quick try's schedule. The warmup fitted to the try (model=tiny: 100 -> 2) was compared with the
+    recipe's and the extension refused ("optim.warmup_steps=100 (the checkpoint has 2)")."""
+    short = compose_train(f"model={model}", "trainer.max_steps=20")
+    fit_to_run_length(short)
+    check_config(short)
+    saved = OmegaConf.to_container(short.optim, resolve=True)
+    checkpoint = Checkpoint(tmp_path / "last.ckpt", "pretrained", {}, [], {}, {"hyper_parameters": {"optim": saved}})
+    extended = compose_train(f"model={model}", f"ckpt_path={checkpoint.path}")
+    assert extended.trainer.max_steps > 20
+    warmup_steps = extended.optim.warmup_steps
+    fit_to_run_length(extended)
+    check_config(extended)
+    keep_schedule(extended, checkpoint, warmup_steps)
+    assert OmegaConf.to_container(extended.optim, resolve=True) == saved
 
 
 def test_help_lists_the_config_groups():

@@ -95,6 +95,27 @@ def test_resuming_with_accumulation_and_an_odd_interval_continues_exactly(corpus
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6)
 
 
+def test_a_quick_try_extends_into_a_longer_run_with_its_schedule(corpus_path, tmp_path):
+    """model=tiny's warmup of 100 steps, fitted to a 10-step try (1 step), stays 1 when the try goes on to 20
+    steps (it was refused: "optim.warmup_steps=2 (the checkpoint has 1)", the warmup fitted to 20 steps against the
+    one fitted to 10); the schedule's end stays at 10."""
+    quick = [o for o in TINY_RUN if not o.startswith("optim.warmup_steps")]
+    args = [f"data.path={corpus_path}", "model=tiny", *quick]
+    result = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'try'}", "trainer.max_steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = tmp_path / "try" / "checkpoints" / "last.ckpt"
+    result = run_script(
+        "train.py", *args, f"hydra.run.dir={tmp_path / 'on'}", "trainer.max_steps=20", f"ckpt_path={last}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    extended = torch.load(tmp_path / "on" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert extended["global_step"] == 20
+    assert (
+        extended["hyper_parameters"]["optim"]["warmup_steps"],
+        extended["hyper_parameters"]["optim"]["decay_steps"],
+    ) == (1, 10)
+
+
 def test_a_run_stopped_before_its_first_validation_says_so_in_one_line(corpus_path, tmp_path):
     """trainer.max_time (here: at once) stopped the run before it validated or wrote a checkpoint, and train.py then
     loaded a best checkpoint of "", the current folder: "is not a model exported by export.py"."""

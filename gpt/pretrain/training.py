@@ -39,7 +39,7 @@ def fit_to_run_length(cfg: DictConfig) -> None:
     The interval becomes the largest one up to the configured interval that divides ``trainer.max_steps`` (the
     last step is always validated and checkpointed); a warmup longer than the schedule becomes a tenth of it.
     """
-    trainer, optim = cfg.trainer, cfg.optim
+    trainer = cfg.trainer
     interval, steps = trainer.val_check_interval, trainer.max_steps
     if isinstance(interval, int) and isinstance(steps, int) and interval >= 1 and steps >= 1 and steps % interval:
         fitted = max(d for d in range(1, min(interval, steps) + 1) if steps % d == 0)
@@ -48,22 +48,41 @@ def fit_to_run_length(cfg: DictConfig) -> None:
             f"trainer.max_steps={steps}, so that the last step is validated and checkpointed"
         )
         trainer.val_check_interval = fitted
+    fit_warmup(cfg.optim)
+
+
+def fit_warmup(optim: DictConfig) -> None:
+    """A warmup longer than the schedule (``optim.decay_steps``) becomes a tenth of it; say so."""
     if optim.decay_steps >= 1 and optim.warmup_steps > optim.decay_steps:
         fitted = optim.decay_steps // 10
-        log.info(f"optim.warmup_steps={optim.warmup_steps} -> {fitted}: a tenth of the {optim.decay_steps}-step run")
+        log.info(
+            f"optim.warmup_steps={optim.warmup_steps} -> {fitted}: a tenth of the {optim.decay_steps}-step schedule"
+        )
         optim.warmup_steps = fitted
 
 
-def keep_schedule(cfg: DictConfig, checkpoint: Checkpoint) -> None:
+def keep_schedule(cfg: DictConfig, checkpoint: Checkpoint, warmup_steps: int) -> None:
     """A resumed run goes on with its checkpoint's learning-rate schedule, never a silently different one.
 
     Raising ``trainer.max_steps`` (which ``optim.decay_steps`` follows) would recompute the schedule over the
     new horizon and make the learning rate jump at the resume step: the checkpoint's ``decay_steps`` is kept,
-    so the steps past it train at ``min_lr`` (a constant tail). Any other change of the optimizer's settings
-    would be overwritten by the optimizer state the checkpoint restores: it is refused.
+    so the steps past it train at ``min_lr`` (a constant tail). ``warmup_steps``, the warmup as configured
+    (before ``fit_to_run_length`` fitted it to this run's length), is fitted to that kept horizon instead, as
+    it was when the checkpoint's run started: extending a short run (warmup 100 -> 5 in 50 steps) keeps its
+    warmup. Any other change of the optimizer's settings would be overwritten by the optimizer state the
+    checkpoint restores: it is refused.
     """
-    saved, optim = checkpoint.raw["hyper_parameters"]["optim"], OmegaConf.to_container(cfg.optim, resolve=True)
-    free = ("decay_steps", "fused")  # the horizon is kept below; fused only changes how the same step is computed
+    saved = checkpoint.raw["hyper_parameters"]["optim"]
+    if saved["decay_steps"] != cfg.optim.decay_steps:
+        log.info(
+            f"resuming keeps the checkpoint's schedule: it reaches optim.min_lr={saved['min_lr']} at step "
+            f"{saved['decay_steps']}, and any step after that trains at min_lr"
+        )
+        cfg.optim.decay_steps = saved["decay_steps"]
+    cfg.optim.warmup_steps = warmup_steps
+    fit_warmup(cfg.optim)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    free = ("fused",)  # it only changes how the same step is computed
     changed = [
         f"optim.{key}={optim[key]} (the checkpoint has {value})"
         for key, value in saved.items()
@@ -74,12 +93,6 @@ def keep_schedule(cfg: DictConfig, checkpoint: Checkpoint) -> None:
             f"cannot resume from {checkpoint.path} with another optimizer setting: {', '.join(changed)}; resume "
             "with the checkpoint's, or start a new run (ckpt_path=null) to train with these"
         )
-    if saved["decay_steps"] != optim["decay_steps"]:
-        log.info(
-            f"resuming keeps the checkpoint's schedule: it reaches optim.min_lr={saved['min_lr']} at step "
-            f"{saved['decay_steps']}, and any step after that trains at min_lr"
-        )
-        cfg.optim.decay_steps = saved["decay_steps"]
 
 
 def latest_resumable(cfg: DictConfig, vocab: list[str]) -> Checkpoint | None:
@@ -264,6 +277,7 @@ def recover_spawned_fit(trainer: L.Trainer) -> None:
 
 def train(cfg: DictConfig) -> float:
     """Train as ``cfg`` says; returns the best validation loss (the value a sweep minimises)."""
+    warmup_steps = cfg.optim.warmup_steps  # as configured: a resumed run fits it to its checkpoint's schedule
     fit_to_run_length(cfg)
     check_config(cfg)
     resume = read_checkpoint(cfg.ckpt_path).require(RESUMABLE, "train.py ckpt_path=") if cfg.ckpt_path else None
@@ -275,7 +289,7 @@ def train(cfg: DictConfig) -> float:
     if cfg.resume == "auto" and resume is None:
         resume = latest_resumable(cfg, vocab)
     if resume is not None:
-        keep_schedule(cfg, resume)
+        keep_schedule(cfg, resume, warmup_steps)
         cfg.ckpt_path = str(resume.path)
     resolve_speed_settings(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
