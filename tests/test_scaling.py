@@ -4,8 +4,10 @@ re-execute pytest as its second rank."""
 
 import csv
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -153,6 +155,24 @@ def test_multirun_over_ddp_gives_one_folder_checkpoint_and_log_per_job(tmp_path,
         assert max(float(r["train/lr"]) for r in rows if r["train/lr"]) == pytest.approx(lr)
         assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert result.stdout.count("2 device(s) x 1 micro-batch(es) x 4 chunks") == 2  # once per job, from rank 0
+
+
+class RecordProcessSettings(L.Callback):
+    """Each rank writes the float32 matmul precision and deterministic-algorithms flag it trains with."""
+
+    def on_train_start(self, trainer, pl_module):
+        path = Path(trainer.default_root_dir) / f"settings_rank{trainer.global_rank}.txt"
+        path.write_text(f"{torch.get_float32_matmul_precision()} {torch.are_deterministic_algorithms_enabled()}")
+
+
+@pytest.mark.slow
+def test_ddp_spawn_workers_train_with_the_runs_per_process_settings(tmp_path, corpus_path):
+    """The matmul precision is a process's own: ddp_spawn's workers (a multirun over DDP) started at torch's default,
+    "highest", whatever the run said. Lightning carries the deterministic flag over itself."""
+    record = f"+callbacks.record._target_={RecordProcessSettings.__module__}.RecordProcessSettings"
+    settings = ["matmul_precision=medium", "+trainer.deterministic=true"]
+    train(tmp_path, corpus_path, "trainer=ddp_spawn", *TWO_PROCESSES, *settings, record, "trainer.max_steps=2")
+    assert [(tmp_path / f"settings_rank{r}.txt").read_text() for r in range(2)] == ["medium True"] * 2
 
 
 def test_fsdp_config_shards_by_block_and_saves_one_full_checkpoint():

@@ -1,6 +1,8 @@
-"""Lightning's Trainer as a run config says, for every job: intervals counted in optimizer steps, and bf16
-mixed precision that lets a fused optimizer clip its gradients."""
+"""Lightning's Trainer as a run config says, for every job: intervals counted in optimizer steps, bf16 mixed
+precision that lets a fused optimizer clip its gradients, and the float32 matmul precision in every process."""
 
+import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
@@ -11,13 +13,15 @@ def instantiate_trainer(trainer_cfg, **kwargs):
 
     ``val_check_interval`` counts optimizer steps, like ``max_steps``: Lightning counts micro-batches, so it
     gets interval x ``accumulate_grad_batches``. Every validation (and its checkpoint) then falls after a whole
-    optimizer step, never in the middle of an accumulation, and a resumed run continues exactly.
+    optimizer step, never in the middle of an accumulation, and a resumed run continues exactly. Every process
+    of the run gets this one's float32 matmul precision (``MatmulPrecision``).
     """
     interval = kwargs.pop("val_check_interval", trainer_cfg.get("val_check_interval"))
     if isinstance(interval, int):
         kwargs["val_check_interval"] = interval * trainer_cfg.get("accumulate_grad_batches", 1)
     trainer = instantiate(trainer_cfg, **kwargs)
     allow_clipping_with_fused_optimizers(trainer)
+    trainer.callbacks.append(MatmulPrecision())
     return trainer
 
 
@@ -46,3 +50,19 @@ def allow_clipping_with_fused_optimizers(trainer) -> None:
     plugin = trainer.strategy.precision_plugin
     if type(plugin) is MixedPrecision and plugin.scaler is None:
         trainer.strategy.precision_plugin = ClippableMixedPrecision(plugin.precision, plugin.device)
+
+
+class MatmulPrecision(L.Callback):
+    """``torch.set_float32_matmul_precision`` in every process of the run, as Lightning sets each up, to what this
+    process has when the callback is made.
+
+    The setting belongs to the process: ``ddp_spawn``'s workers (a multirun over DDP) started at torch's default,
+    "highest" (no TF32), while the log said "high". Lightning's spawn launcher carries the deterministic-algorithms
+    flags and the RNG states to its workers, not this.
+    """
+
+    def __init__(self):
+        self.precision = torch.get_float32_matmul_precision()
+
+    def setup(self, trainer, pl_module, stage):
+        torch.set_float32_matmul_precision(self.precision)

@@ -212,7 +212,8 @@ def resolve_speed_settings(cfg: DictConfig) -> None:
             "trainer.precision=16-mixed scales the gradients and fused AdamW unscales them only inside its step, "
             "so they cannot be clipped: use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=0"
         )
-    torch.set_float32_matmul_precision(cfg.matmul_precision)  # "high": TF32 matmuls on Ampere and newer
+    # "high": TF32 matmuls on Ampere and newer; in this process (gpt.core.trainer.MatmulPrecision: in its workers)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
 
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list) -> L.Trainer:
