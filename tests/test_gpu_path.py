@@ -20,6 +20,7 @@ from gpt.pretrain.training import resolve_speed_settings
 
 from .conftest import TINY_RUN, run_script
 from .test_config import compose_train
+from .test_modern import MUON
 
 VOCAB = [chr(c) for c in range(97, 117)]
 MODEL = dict(arch="gpt", block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
@@ -63,6 +64,22 @@ def test_bf16_mixed_with_fused_adamw_clips_its_gradients():
     assert trainer.precision == "bf16-mixed"
     assert module.optimizers().optimizer.defaults["fused"]
     assert norms.norms == pytest.approx([1e-3] * 3, rel=1e-3)  # every step clipped to the limit
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["unfused_to_fused", "fused_to_unfused"])
+@pytest.mark.parametrize("optim", [OPTIM, MUON], ids=["adamw", "muon"])
+def test_a_resumed_optimizer_runs_the_kernel_this_run_asks_for(optim, fused, tmp_path):
+    """optim.fused is this run's setting, whatever the checkpoint's: a CPU checkpoint (unfused) resumed on a GPU
+    kept the unfused kernel, as torch restores every group's settings, while the log said "fused AdamW True"."""
+    batches = RandomBatches(torch.randint(20, (500,)), 16, 4, seed=0)
+    first = instantiate_trainer(trainer_cfg(max_steps=2))
+    first.fit(GPTModule(MODEL, {**optim, "fused": not fused}, VOCAB), train_dataloaders=batches)
+    first.save_checkpoint(tmp_path / "first.ckpt")
+    module = GPTModule(MODEL, {**optim, "fused": fused}, VOCAB)
+    resumed = instantiate_trainer(trainer_cfg(max_steps=4))
+    resumed.fit(module, train_dataloaders=batches, ckpt_path=tmp_path / "first.ckpt")
+    adamw = [g for g in module.optimizers().optimizer.param_groups if not g.get("use_muon")]
+    assert resumed.global_step == 4 and [g["fused"] for g in adamw] == [fused, fused]  # decay, no decay
 
 
 def test_16_mixed_with_fused_adamw_and_clipping_is_refused_in_one_line():

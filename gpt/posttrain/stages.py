@@ -163,6 +163,7 @@ class PPOModule(CheckpointedModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}  # stepped in training_step
 
     def on_train_start(self):
+        super().on_train_start()
         self.generator = torch.Generator(self.device).manual_seed(self.hparams.ppo["seed"])
 
     @torch.no_grad()

@@ -195,6 +195,20 @@ class CheckpointedModule(L.LightningModule):
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
 
+    def on_train_start(self):
+        # A resumed optimizer takes its groups' settings from the checkpoint, `fused` among them: a CPU checkpoint
+        # resumed on a GPU kept the unfused kernel while the log said fused. This run's setting wins (it computes
+        # the same step), and AdamW's step counts move where that kernel keeps them: on the device when fused.
+        fused = self._fused()
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if "fused" not in group or group.get("use_muon") or group["fused"] == fused:
+                    continue
+                group["fused"] = fused
+                for p in group["params"]:
+                    if "step" in optimizer.state[p]:
+                        optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device if fused else "cpu")
+
     def setup(self, stage):
         # Each rank draws its own dropout masks: the same seed everywhere would drop the same units on every
         # device. The weights were drawn before (identical on every rank), the batches have their own stream.
