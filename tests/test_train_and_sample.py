@@ -46,6 +46,10 @@ def test_training_writes_checkpoints_metrics_samples_and_reports_the_best(run_di
     assert sorted(val) == [9, 19]  # validated every 10 steps (the CSV counts from 0)
     assert all(r["train/loss_eval"] for r in rows if r["val/loss"])
     assert len([r for r in rows if r["train/loss"]]) == 20 and any(r["train/lr"] for r in rows)
+    # the default model trains with Muon: its rate is logged beside AdamW's, on one schedule
+    optim = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["optim"]
+    lrs = [(float(r["train/lr"]), float(r["train/muon_lr"])) for r in rows if r["train/lr"]]
+    assert len(lrs) == 20 and all(muon / adamw == pytest.approx(optim["muon_lr"] / optim["lr"]) for adamw, muon in lrs)
     assert (run_dir / "samples.txt").read_text().count("--- step") == 2
     console = (run_dir / "console.txt").read_text()
     assert f"best val loss {min(val.values()):.4f}" in console

@@ -190,10 +190,15 @@ class CheckpointedModule(L.LightningModule):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def log_learning_rate(self) -> None:
-        """``train/lr``, on the steps the loggers record only: a logged float is copied to the device, which
-        on a GPU waits for the queue of kernels."""
+        """``train/lr`` (AdamW's, the first group's rate) and, with Muon, ``train/muon_lr``, on the steps the
+        loggers record only: a logged float is copied to the device, which on a GPU waits for the queue of kernels."""
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+            scheduler = self.lr_schedulers()
+            rates = scheduler.get_last_lr()  # one per group
+            self.log("train/lr", rates[0])
+            for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+                if group.get("use_muon"):  # one Muon group
+                    self.log("train/muon_lr", rate)
 
     def on_train_start(self):
         # A resumed optimizer takes its groups' settings from the checkpoint, `fused` among them: a CPU checkpoint
