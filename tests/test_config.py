@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from gpt.core.checkpoint import Checkpoint
 from gpt.core.config import compose_config
 from gpt.core.errors import UserError
+from gpt.core.trainer import instantiate_trainer
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import check_config, fit_to_run_length, keep_schedule, resolve_speed_settings
 
@@ -78,6 +79,66 @@ def test_invalid_config_lists_every_problem_at_once():
     message = str(error.value)
     for problem in ("model.n_embd=100 must be divisible by model.n_head=3", "optim.lr=-1", "train_fraction"):
         assert problem in message
+
+
+def refused(cfg) -> str:
+    with pytest.raises(UserError) as error:
+        check_config(cfg)
+    return str(error.value)
+
+
+# Each value, before, got through start-up: Lightning or torch refused it at the first step or later, in every
+# process (a ZeroDivisionError, "Invalid beta parameter", "not enough values to unpack"), or took it and trained
+# otherwise (a negative clipping value flips the gradients, ns_steps=0 leaves Muon's update unorthogonalised).
+# optim.decay_steps=0 and optim.warmup_steps=-1 were refused already, in a line that named the warmup only.
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be a whole number >= 1"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be a whole number >= 1"),
+        ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1 must be a whole number >= 1"),
+        ("trainer.num_nodes=0", "trainer.num_nodes=0 must be a whole number >= 1"),
+        ("trainer.devices=0", "trainer.devices=0 must be >= 1, -1 (every GPU) or auto"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1 must be >= 0 (0 or null: no clipping)"),
+    ],
+)
+def test_trainer_counts_that_would_fail_later_are_refused_at_start_up(override, problem):
+    assert problem in refused(compose_train(override))
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        (["optim.betas=[1.0,0.99]"], "optim.betas=[1.0, 0.99] must be two numbers in [0, 1)"),
+        (["optim.betas=[0.9]"], "optim.betas=[0.9] must be two numbers in [0, 1)"),
+        (["optim.decay_steps=0"], "optim.decay_steps=0 must be >= 1"),
+        (["optim.warmup_steps=-1"], "optim.warmup_steps=-1 must be >= 0"),
+        (["optim=muon", "optim.ns_steps=0"], "optim.ns_steps=0 must be >= 1"),
+        (["optim=muon", "optim.muon_weight_decay=-0.1"], "optim.muon_weight_decay=-0.1 must be >= 0"),
+    ],
+)
+def test_optimizer_settings_that_would_fail_later_are_refused_at_start_up(overrides, problem):
+    assert problem in refused(compose_train(*overrides))
+
+
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("model.n_embd=0", "model.n_embd=0 must be >= 1"),
+        ("model.n_embd=-32", "model.n_embd=-32 must be >= 1"),
+        ("callbacks.text_sample.max_new_tokens=-1", "callbacks.text_sample.max_new_tokens=-1 must be >= 0"),
+    ],
+)
+def test_model_and_callback_sizes_that_would_fail_later_are_refused_at_start_up(override, problem):
+    assert problem in refused(compose_train(override))
+
+
+def test_a_trainer_value_lightning_refuses_is_one_line_naming_it():
+    cfg = compose_train("trainer.accelerator=cpu", "trainer.devices=-1")  # -1: every GPU; no meaning on a CPU
+    check_config(cfg)
+    resolve_speed_settings(cfg)
+    with pytest.raises(UserError, match=r"^trainer: Lightning refuses `devices` selected with `CPUAccelerator`"):
+        instantiate_trainer(cfg.trainer, logger=False)
 
 
 def test_validation_must_fall_on_the_last_step():

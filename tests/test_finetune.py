@@ -160,6 +160,39 @@ def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message,
     assert "\n" not in str(err.value) or str(err.value).startswith("invalid config:")  # one line, or a list
 
 
+# Each value, before, started the stage: it failed in torch or Lightning later (optim.betas, trainer counts) or
+# trained silently wrong (a negative clip or max_grad_norm flips PPO's update, a gamma above 1 grows the returns).
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        (["stage=ppo", "stage.clip=-0.2"], "stage.clip=-0.2 must be > 0"),
+        (["stage=ppo", "stage.value_clip=0"], "stage.value_clip=0 must be > 0"),
+        (["stage=ppo", "stage.kl_coef=-0.05"], "stage.kl_coef=-0.05 must be >= 0"),
+        (["stage=ppo", "stage.value_coef=-1"], "stage.value_coef=-1 must be >= 0"),
+        (["stage=ppo", "stage.gamma=1.5"], "stage.gamma=1.5 must be in [0, 1]"),
+        (["stage=ppo", "stage.lam=-0.1"], "stage.lam=-0.1 must be in [0, 1]"),
+        (["stage=ppo", "stage.max_grad_norm=0"], "stage.max_grad_norm=0 must be > 0"),
+        (["stage=ppo", "stage.examples_per_update=-1"], "stage.examples_per_update=-1 must be >= 0"),
+        (["stage=sft", "optim.betas=[0.9,1.0]"], "optim.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
+        (["stage=reward", "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be a whole number >= 1"),
+    ],
+)
+def test_stage_settings_that_would_fail_later_are_refused_before_anything_is_read(overrides, problem):
+    with pytest.raises(UserError) as err:
+        finetune(config("finetune", "output_dir=unused", "init_from=not_read.ckpt", *overrides))
+    assert problem in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, problem",
+    [("questions=0", "questions=0 must be >= 1 (or null: all the held-out questions)"),
+     ("examples=-1", "examples=-1 must be >= 0")],
+)  # fmt: skip
+def test_evaluation_counts_that_cannot_work_are_refused_in_one_line(override, problem):
+    with pytest.raises(UserError, match=re.escape(problem)):
+        evaluate(config("evaluate", "output_dir=unused", "sft=not_read.ckpt", "reward_model=not_read.ckpt", override))
+
+
 def test_every_stage_records_its_kind_in_its_checkpoint(pipeline):
     kinds = {"pretrained": "pretrained", "sft": "sft", "reward_model": "reward", "ppo": "ppo"}
     for key, kind in kinds.items():

@@ -3,9 +3,13 @@ precision that lets a fused optimizer clip its gradients, and the float32 matmul
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
+
+from gpt.core.errors import UserError
 
 
 def instantiate_trainer(trainer_cfg, **kwargs):
@@ -19,10 +23,32 @@ def instantiate_trainer(trainer_cfg, **kwargs):
     interval = kwargs.pop("val_check_interval", trainer_cfg.get("val_check_interval"))
     if isinstance(interval, int):
         kwargs["val_check_interval"] = interval * trainer_cfg.get("accumulate_grad_batches", 1)
-    trainer = instantiate(trainer_cfg, **kwargs)
+    try:
+        trainer = instantiate(trainer_cfg, **kwargs)
+    except InstantiationException as err:  # a value Lightning refuses (trainer.devices=0, a misspelt key, ...)
+        if not isinstance(err.__cause__, (MisconfigurationException, TypeError, ValueError)):
+            raise
+        raise UserError(f"trainer: Lightning refuses {str(err.__cause__).splitlines()[0]}") from None
     allow_clipping_with_fused_optimizers(trainer)
     trainer.callbacks.append(MatmulPrecision())
     return trainer
+
+
+def trainer_problems(trainer_cfg) -> list[str]:
+    """The ``trainer.*`` counts that cannot work but that Lightning accepts at start-up (it fails later, or does
+    something else: a negative clipping value flips the gradients), one line each naming the key."""
+    problems = []
+    for key in ("num_nodes", "accumulate_grad_batches", "log_every_n_steps"):
+        value = trainer_cfg.get(key, 1)
+        if not (isinstance(value, int) and value >= 1):
+            problems.append(f"trainer.{key}={value} must be a whole number >= 1")
+    devices = trainer_cfg.get("devices", "auto")
+    if isinstance(devices, int) and not (devices >= 1 or devices == -1):
+        problems.append(f"trainer.devices={devices} must be >= 1, -1 (every GPU) or auto")
+    clip = trainer_cfg.get("gradient_clip_val")
+    if clip is not None and not clip >= 0:
+        problems.append(f"trainer.gradient_clip_val={clip} must be >= 0 (0 or null: no clipping)")
+    return problems
 
 
 class ClippableMixedPrecision(MixedPrecision):

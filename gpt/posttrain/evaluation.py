@@ -135,9 +135,13 @@ def pick_checkpoints(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig) -> str:
     """Write eval.md (figures, examples) and eval.png (PPO curves) into the run folder; returns the table."""
-    pick_checkpoints(cfg)
     if cfg.temperature <= 0:
         raise UserError(f"temperature={cfg.temperature} must be > 0")
+    if cfg.questions is not None and cfg.questions < 1:
+        raise UserError(f"questions={cfg.questions} must be >= 1 (or null: all the held-out questions)")
+    if cfg.examples < 0:
+        raise UserError(f"examples={cfg.examples} must be >= 0")
+    pick_checkpoints(cfg)
     # Each file read once, and every kind checked before anything is loaded.
     checkpoints = {
         key: read_checkpoint(cfg[key]).require(kinds, f"evaluate.py {key}=")
@@ -150,7 +154,8 @@ def evaluate(cfg: DictConfig) -> str:
             raise UserError(f"{checkpoint.path} has another vocabulary than sft={cfg.sft}")
     device = pick_device(cfg.device)
     qa = load_qa(cfg)
-    pairs = qa.heldout if cfg.questions is None else random.Random(cfg.seed).sample(qa.heldout, cfg.questions)
+    n = None if cfg.questions is None else min(cfg.questions, len(qa.heldout))  # more than there are: all
+    pairs = qa.heldout if n is None else random.Random(cfg.seed).sample(qa.heldout, n)
     sft, tokenizer = load_policy(checkpoints["sft"], POLICIES["sft"][1], "evaluate.py sft=", device)
     reward_model, _ = load_model(reward, device, kinds=("reward",), job="evaluate.py reward_model=")
     results = {REAL: measure_replies(tokenizer, reward_model, pairs, qa)}  # the play's replies: the yardstick

@@ -15,12 +15,13 @@ from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import GPT, RewardModel
 from gpt.core.runs import latest_or_refuse
 from gpt.core.tokenizer import CharTokenizer
-from gpt.core.trainer import instantiate_trainer
+from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.posttrain.qa import prompt_length
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
 from gpt.posttrain.rlhf import join, pairwise_accuracy
 from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule
 from gpt.pretrain.callbacks import StepProgressBar
+from gpt.pretrain.lightning_module import optim_problems
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,18 @@ def count_pairs(groups: TensorDataset) -> int:
 
 
 COUNTS = ("batch_size", "questions", "eval_questions", "updates", "questions_per_update", "epochs", "minibatch_size")
+# PPO's coefficients: what each must be (out of range, they train silently wrong: a negative clip or max_grad_norm
+# flips the update, a gamma above 1 grows the returns without bound)
+PPO_SETTINGS = {
+    "kl_coef": (lambda v: v >= 0, ">= 0"),
+    "clip": (lambda v: v > 0, "> 0"),
+    "value_clip": (lambda v: v > 0, "> 0"),
+    "value_coef": (lambda v: v >= 0, ">= 0"),
+    "gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "lam": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "max_grad_norm": (lambda v: v > 0, "> 0"),
+    "examples_per_update": (lambda v: v >= 0, ">= 0"),
+}
 
 
 # The checkpoints each stage reads, and the kinds each accepts: more SFT may start from an SFT model.
@@ -84,9 +97,10 @@ def check_config(cfg: DictConfig) -> None:
         require(stage.samples_per_question >= 2, "stage.samples_per_question must be >= 2 to rank answers")
     if "temperature" in stage:
         require(stage.temperature > 0, f"stage.temperature={stage.temperature} must be > 0")
-    require(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0")
-    require(0 <= cfg.optim.min_lr <= cfg.optim.lr, f"optim.min_lr={cfg.optim.min_lr} must be in [0, optim.lr]")
-    require(cfg.optim.warmup_steps >= 0, f"optim.warmup_steps={cfg.optim.warmup_steps} must be >= 0")
+    for key, (ok, allowed) in PPO_SETTINGS.items():
+        if key in stage:
+            require(ok(stage[key]), f"stage.{key}={stage[key]} must be {allowed}")
+    problems += optim_problems(cfg.optim) + trainer_problems(cfg.trainer)
     if problems:
         raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
 

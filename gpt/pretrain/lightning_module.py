@@ -57,24 +57,57 @@ OPTIMIZERS = ("adamw", "muon")
 MATRIX_LAYERS = (nn.Linear, nn.Embedding)  # whose weights AdamW decays
 
 
-def check_optim(optim: dict) -> None:
-    """Raise one UserError for the optimizer settings this module reads that cannot work (``optim`` as in
+def optim_problems(optim) -> list[str]:
+    """The optimizer settings this module reads that cannot work, one line each naming the key (``optim`` as in
     conf/optim/; missing keys take their defaults: an older checkpoint's config is AdamW + cosine)."""
     problems = []
-    if optim.get("name", "adamw") not in OPTIMIZERS:
-        problems.append(f"optim.name={optim['name']} is not one of {list(OPTIMIZERS)} (choose with optim=...)")
-    if optim.get("schedule", "cosine") not in SCHEDULES:
-        problems.append(f"optim.schedule={optim['schedule']} is not one of {list(SCHEDULES)}")
-    if not 0 <= optim.get("decay_fraction", 0.2) <= 1:
-        problems.append(f"optim.decay_fraction={optim['decay_fraction']} must be in [0, 1]")
-    if optim.get("name") == "muon":
-        if optim.get("ns_dtype", "auto") not in ("auto", *NS_DTYPES):
-            problems.append(f"optim.ns_dtype={optim['ns_dtype']} is not one of {['auto', *NS_DTYPES]}")
-        if not optim.get("muon_lr", 1) > 0:
-            problems.append(f"optim.muon_lr={optim['muon_lr']} must be > 0")
-        if not 0 <= optim.get("muon_momentum", 0.95) < 1:
-            problems.append(f"optim.muon_momentum={optim['muon_momentum']} must be in [0, 1)")
-    if problems:
+
+    def require(ok, message):
+        if not ok:
+            problems.append(message)
+
+    def at_least(key, low, strict=False):
+        if optim.get(key) is not None:
+            ok = optim[key] > low if strict else optim[key] >= low
+            require(ok, f"optim.{key}={optim[key]} must be {'>' if strict else '>='} {low}")
+
+    name = optim.get("name", "adamw")
+    require(name in OPTIMIZERS, f"optim.name={name} is not one of {list(OPTIMIZERS)} (choose with optim=...)")
+    schedule = optim.get("schedule", "cosine")
+    require(schedule in SCHEDULES, f"optim.schedule={schedule} is not one of {list(SCHEDULES)}")
+    require(
+        0 <= optim.get("decay_fraction", 0.2) <= 1,
+        f"optim.decay_fraction={optim.get('decay_fraction')} must be in [0, 1]",
+    )
+    at_least("lr", 0, strict=True)
+    if optim.get("lr") is not None and optim.get("min_lr") is not None:
+        require(
+            0 <= optim["min_lr"] <= optim["lr"],
+            f"optim.min_lr={optim['min_lr']} must be in [0, optim.lr={optim['lr']}]",
+        )
+    at_least("weight_decay", 0)
+    betas = optim.get("betas")
+    if betas is not None:
+        require(
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            f"optim.betas={list(betas)} must be two numbers in [0, 1)",
+        )
+    at_least("warmup_steps", 0)
+    at_least("decay_steps", 1)  # null: the stage's own length (PPO)
+    if name == "muon":
+        ns_dtype = optim.get("ns_dtype", "auto")
+        require(ns_dtype in ("auto", *NS_DTYPES), f"optim.ns_dtype={ns_dtype} is not one of {['auto', *NS_DTYPES]}")
+        at_least("muon_lr", 0, strict=True)
+        momentum = optim.get("muon_momentum", 0.95)
+        require(0 <= momentum < 1, f"optim.muon_momentum={momentum} must be in [0, 1)")
+        at_least("muon_weight_decay", 0)
+        at_least("ns_steps", 1)
+    return problems
+
+
+def check_optim(optim) -> None:
+    """Raise one UserError listing ``optim_problems``, if there are any."""
+    if problems := optim_problems(optim):
         raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
 
 

@@ -22,10 +22,10 @@ from gpt.core.errors import UserError
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import ARCHITECTURES, MIXERS, full_config
 from gpt.core.runs import latest
-from gpt.core.trainer import instantiate_trainer
+from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.pretrain.callbacks import TrialPruning
 from gpt.pretrain.data import micro_batch_size
-from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.lightning_module import GPTModule, optim_problems
 from gpt.pretrain.plots import plot_losses
 from gpt.pretrain.sweeps import current_trial
 from gpt.pretrain.tracking import continue_metrics, write_result
@@ -141,17 +141,19 @@ def check_config(cfg: DictConfig) -> None:
             f"model.n_embd={model.n_embd} must be divisible by model.n_head={model.n_head}",
         )
         require(0 <= model.dropout < 1, f"model.dropout={model.dropout} must be in [0, 1)")
+        require(model.n_embd >= 1, f"model.n_embd={model.n_embd} must be >= 1")
     require(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be >= 1")
     require(0 < data.train_fraction < 1, f"data.train_fraction={data.train_fraction} must be in (0, 1)")
     require(data.eval_chunks >= 1, f"data.eval_chunks={data.eval_chunks} must be >= 1")
-    require(optim.lr > 0, f"optim.lr={optim.lr} must be > 0")
-    require(0 <= optim.min_lr <= optim.lr, f"optim.min_lr={optim.min_lr} must be in [0, optim.lr={optim.lr}]")
-    require(optim.weight_decay >= 0, f"optim.weight_decay={optim.weight_decay} must be >= 0")
+    problems += optim_problems(optim)
     require(
-        0 <= optim.warmup_steps <= optim.decay_steps,
-        f"optim.warmup_steps={optim.warmup_steps} must be in [0, optim.decay_steps={optim.decay_steps}]",
+        not 0 < optim.decay_steps < optim.warmup_steps,
+        f"optim.warmup_steps={optim.warmup_steps} must be at most optim.decay_steps={optim.decay_steps}",
     )
     require(trainer.max_steps >= 1, f"trainer.max_steps={trainer.max_steps} must be >= 1")
+    problems += trainer_problems(trainer)
+    new_tokens = ((cfg.get("callbacks") or {}).get("text_sample") or {}).get("max_new_tokens", 0)
+    require(new_tokens >= 0, f"callbacks.text_sample.max_new_tokens={new_tokens} must be >= 0")
     require(
         isinstance(trainer.val_check_interval, int) and trainer.val_check_interval >= 1,
         f"trainer.val_check_interval={trainer.val_check_interval} must be a whole number of steps >= 1",
