@@ -2,7 +2,7 @@
 FSDPStrategy passes to torch's FSDP (the LightningModule the root unit, one unit per Block, FULL_SHARD,
 use_orig_params). Lightning refuses FSDP without a GPU, so no Trainer: the tests call what its loops call (the
 hooks, a step rerouted through the root unit's forward, the module's configure_optimizers once the model is
-wrapped, the strategy's own loading and saving of a full checkpoint), with a stand-in trainer.
+wrapped, the strategy's own loading of a full checkpoint), with a stand-in trainer.
 
 A collective that one rank never joins fails after TIMEOUT instead of hanging, and the parent gives up after
 DEADLINE whatever the workers do."""
