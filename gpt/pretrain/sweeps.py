@@ -152,19 +152,17 @@ def open_study(
                 rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_interval)
             study = optuna.create_study(study_name=study_name, storage=rdb, direction=direction, load_if_exists=True)
             break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
-            # Workers started together on a new database all create Optuna's tables: those that lose the race
-            # find them half made. Once made, they open.
-            race = str(err).strip().splitlines()[0]
-            time.sleep(1 + attempt)
         except Exception as err:  # SQLAlchemy's errors for a bad URL, a missing driver, a server that is not there
             reason = str(err).strip().splitlines()[0]
+            # Workers started together on a new database all create Optuna's tables: those that lose the race
+            # find them half made ("already exists", or a duplicate key). Once made, they open.
+            if attempt < 4 and (isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in reason):
+                time.sleep(1 + attempt)
+                continue
             raise UserError(
                 f"hydra.sweeper.storage={storage} cannot be opened: {reason} (an SQLAlchemy URL: sqlite:///FILE, "
                 "postgresql://USER@HOST/DB, ...)"
             ) from None
-    else:
-        raise UserError(f"hydra.sweeper.storage={storage}: Optuna's tables could not be created there: {race}")
     wanted = {key: distribution_to_json(value) for key, value in space.items()}
     stored = study.user_attrs.get(SPACE)
     if stored is None:
