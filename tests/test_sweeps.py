@@ -35,6 +35,11 @@ SHORT = ["trainer.accelerator=cpu", "trainer.max_steps=6", "trainer.val_check_in
          "callbacks.text_sample.max_new_tokens=20", "hydra.sweeper.n_trials=4"]  # fmt: skip
 
 
+# The median pruner, judging from the second trial on: which trials it stops is easy to say (the default,
+# successive halving, runs in the tests of continuing and of several workers).
+MEDIAN = ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1"]
+
+
 def sweep(*overrides, cwd=ROOT, timeout=600):
     result = run_script("train.py", "-m", *overrides, cwd=cwd, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -134,7 +139,7 @@ def modern_sweep(tmp_path_factory, corpus_path):
     """4 trials of hparams_search=modern, a few steps each; the median pruner from the second trial on."""
     sweep_dir = tmp_path_factory.mktemp("modern")
     console = sweep("hparams_search=modern", *SHORT, f"data.path={corpus_path}", f"hydra.sweep.dir={sweep_dir}",
-                    "hydra.sweeper.pruner.n_startup_trials=1")  # fmt: skip
+                    *MEDIAN)  # fmt: skip
     return sweep_dir, console
 
 
@@ -192,8 +197,7 @@ def test_the_sweep_folder_tells_the_study_best_first_and_gives_the_best_config_b
 def test_running_a_finished_study_again_runs_nothing_and_a_raised_n_trials_adds_trials(modern_sweep, corpus_path):
     sweep_dir, _ = modern_sweep
     before = load_study(sweep_dir, "modern").trials
-    common = ["hparams_search=modern", *SHORT, f"data.path={corpus_path}", f"hydra.sweep.dir={sweep_dir}",
-              "hydra.sweeper.pruner.n_startup_trials=1"]  # fmt: skip
+    common = ["hparams_search=modern", *SHORT, f"data.path={corpus_path}", f"hydra.sweep.dir={sweep_dir}", *MEDIAN]
     sweep(*common)
     assert len(load_study(sweep_dir, "modern").trials) == 4
     sweep(*common, "hydra.sweeper.n_trials=5")
@@ -210,8 +214,7 @@ def test_running_a_finished_study_again_runs_nothing_and_a_raised_n_trials_adds_
 # median pruner stops only a trial strictly worse than the median: it prunes exactly the hopeless trials that come
 # after one that learned.
 HOPELESS = ["hparams_search=lecture", *TINY_RUN, *SHORT, "optim.lr=choice(1e-2, 1e-9)", "optim.min_lr=0",
-            "optim.weight_decay=0.1", "model.dropout=0", "hydra/sweeper/sampler=random",
-            "hydra.sweeper.pruner.n_startup_trials=1"]  # fmt: skip
+            "optim.weight_decay=0.1", "model.dropout=0", "hydra/sweeper/sampler=random", *MEDIAN]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -379,7 +382,7 @@ def test_a_sweep_that_cannot_work_stops_with_one_line_before_any_trial(tmp_path,
 
 def test_a_stored_study_is_not_continued_with_another_space(modern_sweep, corpus_path):
     sweep_dir, _ = modern_sweep
-    result = run_script("train.py", "-m", "hparams_search=modern", *SHORT, f"data.path={corpus_path}",
+    result = run_script("train.py", "-m", "hparams_search=modern", *SHORT, f"data.path={corpus_path}", *MEDIAN,
                         f"hydra.sweep.dir={sweep_dir}", "model.dropout=interval(0.0, 0.5)")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     refusal = f"error: study modern in sqlite:///{sweep_dir}/optuna.db searches another space (model.dropout differ)"
