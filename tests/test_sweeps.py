@@ -380,6 +380,14 @@ def test_a_sweep_that_cannot_work_stops_with_one_line_before_any_trial(tmp_path,
     assert not any(p.name.isdigit() for p in tmp_path.iterdir())  # no trial ran
 
 
+def test_an_unknown_pruner_name_is_hydras_message_with_the_options_and_no_traceback(tmp_path):
+    result = run_script("train.py", "-m", "hparams_search=modern", "hydra/sweeper/pruner=nope",
+                        f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "Could not find 'hydra/sweeper/pruner/nope'" in result.stderr
+    assert all(f"\t{name}\n" in result.stderr for name in ("halving", "hyperband", "median", "none"))
+
+
 def test_a_stored_study_is_not_continued_with_another_space(modern_sweep, corpus_path):
     sweep_dir, _ = modern_sweep
     result = run_script("train.py", "-m", "hparams_search=modern", *SHORT, f"data.path={corpus_path}", *MEDIAN,
