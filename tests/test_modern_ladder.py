@@ -122,10 +122,17 @@ def test_the_speed_run_is_the_default_with_a_shorter_schedule():
 
 
 def test_the_modern_lecture_size_model_is_the_lectures_shape_with_the_default_models_recipe():
-    modern, lecture = compose_train("model=modern_small"), compose_train("model=small")
+    modern, lecture, default = compose_train("model=modern_small"), compose_train("model=small"), compose_train()
     assert build_model(vocab_size=65, **modern.model).num_parameters() <= 11_000_000
     for key in ("n_layer", "n_head", "n_embd", "block_size", "dropout"):
         assert modern.model[key] == lecture.model[key]
     switches = ("pos", "norm", "qk_norm", "activation", "zero_init_proj", "init", "logit_softcap")
-    assert {k: modern.model[k] for k in switches} == {k: compose_train().model[k] for k in switches}
+    assert {k: modern.model[k] for k in switches} == {k: default.model[k] for k in switches}
     assert (modern.optim.name, modern.optim.schedule) == ("muon", "wsd")
+    # and nothing else: small's file with the default's switches, Muon and WSD, and half of small's steps
+    assert differences(lecture, modern) == {
+        "model.pos": "rope", "model.norm": "rmsnorm", "model.qk_norm": True, "model.activation": "relu2",
+        "model.zero_init_proj": True, "model.init": "pytorch", "optim.name": "muon", "optim.muon_lr": 0.02,
+        "optim.muon_momentum": 0.95, "optim.muon_nesterov": True, "optim.muon_weight_decay": 0.0, "optim.ns_steps": 5,
+        "optim.ns_dtype": "auto", "optim.schedule": "wsd", "optim.decay_fraction": 0.5, "trainer.max_steps": 2500,
+    }  # fmt: skip
