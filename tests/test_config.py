@@ -40,6 +40,15 @@ def test_every_model_config_composes_checks_and_builds(model):
     assert expected[0] <= n_params <= expected[1]
 
 
+@pytest.mark.parametrize("model", OPTIONS["model"])
+def test_every_shipped_model_config_states_its_whole_recipe_in_its_own_file(model):
+    """No shipped model builds on another model config (the ladders' rungs, conf/model/*/, are experiment records
+    that each add one change to the previous rung): its file alone is its recipe."""
+    defaults = OmegaConf.load(CONF / "model" / f"{model}.yaml").get("defaults", [])
+    named = [entry if isinstance(entry, str) else next(iter(entry)) for entry in defaults]
+    assert [name for name in named if "model" in name] == []
+
+
 @pytest.mark.parametrize("trainer", OPTIONS["trainer"])
 def test_every_trainer_config_instantiates(trainer, tmp_path):
     cfg = compose_train(f"trainer={trainer}", output_dir=str(tmp_path))
