@@ -28,7 +28,6 @@ import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loa
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from omegaconf import OmegaConf
 
 from lightning.pytorch.loggers import CSVLogger
 
+from gpt.pretrain.callbacks import peak_memory_mb
 from gpt.pretrain.data import RandomBatches
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.core.model import build_model
@@ -114,25 +114,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # the process so far, in MB
-
-
-class PeakMemory(L.Callback):
-    """At the end of training, each rank writes its peak memory to ``peak_memory_rank<r>.json`` in the run folder:
-    ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU. Add it to a train.py run with
-    ``+callbacks.peak_memory._target_=bench.PeakMemory``; ``read_run`` reads the files."""
-
-    def on_train_end(self, trainer, pl_module):
-        device = pl_module.device
-        record = {"device": device.type, "peak_memory_mb": peak_memory_mb(device)}
-        path = Path(trainer.default_root_dir) / f"peak_memory_rank{trainer.global_rank}.json"
-        path.write_text(json.dumps(record))
-
-
-PEAK_MEMORY = "+callbacks.peak_memory._target_=bench.PeakMemory"  # the override that adds it
+PEAK_MEMORY = "+callbacks.peak_memory._target_=gpt.pretrain.callbacks.PeakMemory"  # the override that adds it
 
 
 def make_module(cfg, device):

@@ -1,4 +1,6 @@
+import json
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -171,6 +173,27 @@ class TrainingStats(L.Callback):
 
     def on_validation_start(self, trainer, pl_module):
         self.start = None  # the next window starts after validation (and its checkpoints)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The most memory this process has held so far, in MB: ``torch.cuda.max_memory_allocated`` on a GPU, the
+    process's peak RSS on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+class PeakMemory(L.Callback):
+    """At the end of training, each rank writes its peak memory (``peak_memory_mb``) to
+    ``peak_memory_rank<r>.json`` in the run folder. Not in the default callbacks: the benchmarks add it to a
+    train.py run with ``+callbacks.peak_memory._target_=gpt.pretrain.callbacks.PeakMemory`` and read the files
+    (bench.py's ``read_run``)."""
+
+    def on_train_end(self, trainer, pl_module):
+        device = pl_module.device
+        record = {"device": device.type, "peak_memory_mb": peak_memory_mb(device)}
+        path = Path(trainer.default_root_dir) / f"peak_memory_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(record))
 
 
 class WandbRun(L.Callback):
