@@ -38,9 +38,11 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import bench  # noqa: E402, I001  (bench imports gpt before torch, which sets the OpenMP spin)
+import gpt  # noqa: E402, F401, I001  (first: it sets the OpenMP spin before torch loads)
 import torch  # noqa: E402
 
+from gpt.bench import race, throughput  # noqa: E402
+from gpt.bench.common import load_config  # noqa: E402
 from gpt.pretrain.training import STOPPED_EARLY  # noqa: E402
 
 TARGET = 1.47  # nanoGPT's val loss for the lecture's model
@@ -136,7 +138,7 @@ def probe(device, overrides: list[str], smoke: bool) -> dict:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
             pid = pool.submit(os.getpid).result()
-            result = pool.submit(bench.bench_throughput, "small", device, steps, warmup, overrides, False).result()
+            result = pool.submit(throughput.bench_throughput, "small", device, steps, warmup, overrides, False).result()
         except Exception as err:  # reported, and the run goes on without a cut estimate
             return {"error": f"{type(err).__name__}: {err}", "steps": steps, "warmup": warmup}
     return {**result, "steps": steps, "warmup": warmup, "pid": pid}
@@ -150,9 +152,9 @@ def ddp_devices(n_gpus: int, eval_chunks: int) -> int:
 
 def train_run(name: str, run_dir: Path, overrides: list[str], target: float) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = [*overrides, bench.PEAK_MEMORY]
+    overrides = [*overrides, race.PEAK_MEMORY]
     command = shlex.join(["python", "train.py", f"hydra.run.dir={shown(run_dir)}", *overrides])
-    result, wall_s = bench.run_train(overrides, run_dir)
+    result, wall_s = race.run_train(overrides, run_dir)
     (run_dir / "console.txt").write_text(result.stdout + result.stderr)
     run = {"name": name, "command": command, "wall_s": wall_s, "folder": shown(run_dir), "ok": not result.returncode}
     if result.returncode and STOPPED_EARLY in result.stderr:  # the time guard: a cut, not a failure
@@ -160,7 +162,7 @@ def train_run(name: str, run_dir: Path, overrides: list[str], target: float) -> 
     if result.returncode:
         run["error"] = f"exit {result.returncode}:\n" + "\n".join(result.stderr.strip().splitlines()[-15:])
         return run
-    return {**run, **bench.read_run(run_dir, target)}
+    return {**run, **race.read_run(run_dir, target)}
 
 
 # ----------------------------------------------------------------------------------------------- the report
@@ -176,9 +178,9 @@ def mfu_text(run: dict, device_name: str, peak, devices: int, cfg) -> str:
     if device_name == "cpu":
         return "n/a on CPU"
     if peak is None:
-        return f"unknown: no dense bf16 peak known for {device_name} (bench.PEAK_BF16_FLOPS)"
-    fpt = bench.flops_per_token(cfg.model, run["params"])
-    value = bench.mfu_pct(fpt, run["tokens_per_s"], peak, devices)
+        return f"unknown: no dense bf16 peak known for {device_name} (gpt.bench.throughput.PEAK_BF16_FLOPS)"
+    fpt = throughput.flops_per_token(cfg.model, run["params"])
+    value = throughput.mfu_pct(fpt, run["tokens_per_s"], peak, devices)
     return f"{value:.1f}% of {devices} x {peak / 1e12:,.0f} TFLOP/s ({fpt / 1e6:,.1f} MFLOP/token)"
 
 
@@ -304,13 +306,13 @@ def main() -> int:
         return 2
     device = torch.device("cpu" if smoke else "cuda")
     n_gpus = 0 if smoke else torch.cuda.device_count()
-    device_name, peak = bench.device_peak_flops(device)
+    device_name, peak = throughput.device_peak_flops(device)
     budget_s = args.budget_min * 60 or None
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     runs = Path("outputs/gpu_report") / stamp
     runs.mkdir(parents=True, exist_ok=True)
     overrides = ["model=small", *(SMOKE_OVERRIDES if smoke else []), *args.overrides]
-    cfg = bench.load_config(overrides)  # the resolved recipe: steps, validation interval, batch, speed settings
+    cfg = load_config(overrides)  # the resolved recipe: steps, validation interval, batch, speed settings
     recipe, val_every = cfg.trainer.max_steps, cfg.trainer.val_check_interval
     cuts = []
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import bench
+from gpt.bench import throughput
+from gpt.bench.common import load_config
 
 from .conftest import ROOT
 
@@ -23,11 +24,11 @@ spec.loader.exec_module(gpu_report)
 def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():
     model = OmegaConf.create({"arch": "gpt", "n_layer": 6, "block_size": 256, "n_embd": 384})
     # 6 x 10M parameters + 12 x 6 layers x 256 positions x 384 wide = 60,000,000 + 7,077,888
-    assert bench.flops_per_token(model, 10_000_000) == 67_077_888
+    assert throughput.flops_per_token(model, 10_000_000) == 67_077_888
     # 67,077,888 FLOP/token x 500,000 tokens/s = 33.538944 TFLOP/s, over an H100's 989 TFLOP/s: 3.3912%
-    assert bench.mfu_pct(67_077_888, 500_000, 989e12) == pytest.approx(3.39119, abs=1e-5)
-    assert bench.mfu_pct(67_077_888, 500_000, 989e12, devices=2) == pytest.approx(3.39119 / 2, abs=1e-5)
-    assert bench.mfu_pct(67_077_888, 500_000, None) is None
+    assert throughput.mfu_pct(67_077_888, 500_000, 989e12) == pytest.approx(3.39119, abs=1e-5)
+    assert throughput.mfu_pct(67_077_888, 500_000, 989e12, devices=2) == pytest.approx(3.39119 / 2, abs=1e-5)
+    assert throughput.mfu_pct(67_077_888, 500_000, None) is None
 
 
 @pytest.mark.parametrize(
@@ -43,7 +44,7 @@ def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():
     ],
 )
 def test_peak_bf16_flops_of_known_gpus_and_none_for_others(name, peak):
-    assert bench.peak_bf16_flops(name) == peak
+    assert throughput.peak_bf16_flops(name) == peak
 
 
 def test_the_recipe_runs_whole_when_it_fits_and_is_cut_to_whole_validations_when_not():
@@ -80,7 +81,7 @@ def test_the_throughput_probe_runs_and_frees_its_memory_in_a_process_of_its_own(
 def test_the_gpu_sections_of_the_report_from_given_figures(tmp_path):
     """What the report writes on a 2-GPU machine, from made-up inputs (no GPU here): MFU over the known peak, the
     scaling efficiency against one GPU, and a run that the time guard stopped."""
-    cfg = bench.load_config(["model=small"])
+    cfg = load_config(["model=small"])
     run = {"ok": True, "command": "python train.py model=small", "wall_s": 200.0, "folder": "outputs/x",
            "steps": 2000, "tokens_per_s": 1e6, "params": 10_000_000, "train_s_at_target": None,
            "step_at_target": None, "best_val_loss": 1.5, "peak_memory_mb": 3000.0}  # fmt: skip
@@ -93,7 +94,7 @@ def test_the_gpu_sections_of_the_report_from_given_figures(tmp_path):
         "probe": {"error": "RuntimeError: x", "steps": 50, "warmup": 10}, "main": run, "recipe": 5000,
         "planned": 5000, "ddp": {"devices": 2, "batch": 128, "planned": 200, "run": ddp}, "total_s": 500,
     })  # fmt: skip
-    fpt = bench.flops_per_token(cfg.model, 10_000_000)
+    fpt = throughput.flops_per_token(cfg.model, 10_000_000)
     assert f"| MFU | {100 * fpt * 1e6 / 989e12:.1f}% of 1 x 989 TFLOP/s" in text
     assert f"| MFU | {100 * fpt * 1.8e6 / (2 * 989e12):.1f}% of 2 x 989 TFLOP/s" in text
     assert "| scaling efficiency | 90% (1,800,000 / (2 x 1,000,000) tokens/s of step 2) |" in text

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 
+from gpt.bench.race import time_at_target
 from gpt.core.checkpoint import load_model
 from gpt.core.model import GPT
 from gpt.pretrain.data import RandomBatches
@@ -104,8 +105,6 @@ def test_checkpoints_load_whether_or_not_the_model_was_compiled(tmp_path, monkey
 
 
 def test_time_at_target_is_the_whole_process_wall_time_at_the_first_validation_at_or_below_it():
-    from bench import time_at_target
-
     run = {"wall_s": 100.0, "val_curve": [(250, 2.0, 10.0), (500, 1.8, 20.0), (750, 1.7, 30.0)]}  # (step, loss, s)
     assert time_at_target(run, 1.8) == {"step_at_target": 500, "wall_s_at_target": 90.0}  # 10 s of training after
     assert time_at_target(run, 1.75) == {"step_at_target": 750, "wall_s_at_target": 100.0}

@@ -5,7 +5,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+ROOT = Path(__file__).resolve().parents[2]  # the project folder: the entry points, conf/, tests/
+CONF = ROOT / "conf"
 
 
 def compose_config(name: str, overrides=(), output_dir: str = ".") -> DictConfig:

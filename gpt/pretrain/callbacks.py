@@ -187,7 +187,7 @@ class PeakMemory(L.Callback):
     """At the end of training, each rank writes its peak memory (``peak_memory_mb``) to
     ``peak_memory_rank<r>.json`` in the run folder. Not in the default callbacks: the benchmarks add it to a
     train.py run with ``+callbacks.peak_memory._target_=gpt.pretrain.callbacks.PeakMemory`` and read the files
-    (bench.py's ``read_run``)."""
+    (``gpt.bench.race.read_run``)."""
 
     def on_train_end(self, trainer, pl_module):
         device = pl_module.device
