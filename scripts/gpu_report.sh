@@ -4,6 +4,9 @@
 #   scripts/gpu_report.sh [--out REPORT.md] [--budget-min 10] [--max-steps N] [--max-time-s S] [--tests PATH]
 #                         [overrides...]
 #   scripts/gpu_report.sh --cpu-smoke data.path=input.txt     # the same pipeline, a tiny model, on the CPU
-# The work is in scripts/gpu_report.py (--help lists its options). PYTHON picks the interpreter.
+# The work is in gpt/bench/gpu_report.py (--help lists its options). PYTHON picks the interpreter. It runs from
+# any folder (the report and its runs go to outputs/gpu_report/ there): PYTHONPATH names the project folder,
+# where the gpt package is, for python -m.
 set -euo pipefail
-exec "${PYTHON:-python}" "$(dirname "$0")/gpu_report.py" "$@"
+project=$(cd "$(dirname "$0")/.." && pwd)
+PYTHONPATH="$project${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python}" -m gpt.bench.gpu_report "$@"

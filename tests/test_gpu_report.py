@@ -1,7 +1,6 @@
 """scripts/gpu_report.sh: its arithmetic and planning by hand, its report's GPU sections from given figures, and
 the whole pipeline end to end in its CPU smoke mode."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -11,14 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gpt.bench import throughput
+from gpt.bench import gpu_report, throughput
 from gpt.bench.common import load_config
 
 from .conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "scripts" / "gpu_report.py")
-gpu_report = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_report)
 
 
 def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():

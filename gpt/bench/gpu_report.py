@@ -1,5 +1,7 @@
 """A GPU machine's report in one command: the GPU tests, `model=small` to the end of its recipe, DDP on every GPU.
 
+Run by ``scripts/gpu_report.sh`` (``python -m gpt.bench.gpu_report`` from the project folder does the same):
+
     scripts/gpu_report.sh [--out REPORT.md] [--budget-min 10] [--max-steps N] [--max-time-s S] [--tests PATH]
                           [overrides...]
     scripts/gpu_report.sh --cpu-smoke data.path=input.txt    # the same pipeline, a tiny model, 4 steps, on the CPU
@@ -35,14 +37,11 @@ import sys  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import gpt  # noqa: E402, F401, I001  (first: it sets the OpenMP spin before torch loads)
 import torch  # noqa: E402
 
 from gpt.bench import race, throughput  # noqa: E402
 from gpt.bench.common import load_config  # noqa: E402
+from gpt.core.config import ROOT  # noqa: E402
 from gpt.pretrain.training import STOPPED_EARLY  # noqa: E402
 
 TARGET = 1.47  # nanoGPT's val loss for the lecture's model
