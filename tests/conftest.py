@@ -1,5 +1,6 @@
 import gpt  # noqa: F401, I001  (first: it sets the OpenMP spin before torch loads)
 
+import csv
 import os
 import random
 import subprocess
@@ -61,3 +62,35 @@ def run_script(script: str, *args: str, cwd=ROOT, timeout: int = 300) -> subproc
         text=True,
         timeout=timeout,
     )
+
+
+def train(run_dir, corpus_path, *overrides: str, cwd=ROOT, timeout: int = 300) -> str:
+    """``python train.py <overrides>`` on the text file ``corpus_path``, into the run folder ``run_dir`` (None: the
+    folder Hydra picks, e.g. a multirun's jobs under its hydra.sweep.dir), in a fresh process as ``run_script``
+    starts it. The test fails here, showing the end of the output, unless it exits 0. Returns the console:
+    stdout, then stderr."""
+    where = [] if run_dir is None else [f"hydra.run.dir={run_dir}"]
+    result = run_script("train.py", *overrides, f"data.path={corpus_path}", *where, cwd=cwd, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def metrics_rows(run_dir) -> list[dict]:
+    """The rows of a run's metrics.csv as written: {column: text}, "" in the columns a row does not log."""
+    return list(csv.DictReader((Path(run_dir) / "metrics.csv").read_text().splitlines()))
+
+
+def csv_metric(run_dir, name: str) -> list[float]:
+    """Every value of the metric ``name`` in a run's metrics.csv, in file order."""
+    return [float(row[name]) for row in metrics_rows(run_dir) if row[name]]
+
+
+def val_curve(run_dir) -> list[tuple[int, float]]:
+    """(step, val/loss) of each row of a run's metrics.csv that has one, in file order (a second writer would
+    repeat steps); steps count optimizer steps from 1, as trainer.max_steps does (the CSV counts from 0)."""
+    return [(int(row["step"]) + 1, float(row["val/loss"])) for row in metrics_rows(run_dir) if row["val/loss"]]
+
+
+def val_losses(run_dir) -> dict[int, float]:
+    """{step: val/loss} of a run, steps counted from 1 (``val_curve``)."""
+    return dict(val_curve(run_dir))

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from .conftest import ROOT, TINY_RUN, make_corpus, run_script
+from .conftest import ROOT, TINY_RUN, make_corpus, run_script, train
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +16,7 @@ def checkpoints(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text(make_corpus(300) + "Q: what light?\nA: my lord.\n\n" * 50, encoding="utf-8")
     steps = ["trainer.max_steps=4", "trainer.val_check_interval=4", "optim.warmup_steps=0"]
-    result = run_script("train.py", f"data.path={corpus}", f"hydra.run.dir={root / 'run'}", *TINY_RUN, *steps)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(root / "run", corpus, *TINY_RUN, *steps)
     pretrained = root / "run" / "checkpoints" / "last.ckpt"
     sft = torch.load(pretrained, weights_only=True)
     sft["kind"] = "sft"  # what finetune.py stage=sft records; the weights do not matter here

@@ -38,7 +38,7 @@ from gpt.core.model import Block, Rotary
 from gpt.pretrain.callbacks import TextSample, TrainingStats
 from gpt.pretrain.lightning_module import GPTModule
 
-from .conftest import TINY_RUN, run_script
+from .conftest import TINY_RUN, train
 
 WORLD_SIZE = 2
 TIMEOUT = datetime.timedelta(seconds=20)  # of each collective
@@ -261,16 +261,11 @@ def test_logged_grad_norm_under_fsdp_is_the_norm_of_the_whole_gradient(tmp_path)
 ROUND_TRIP_RUN = ["model=tiny", *TINY_RUN, "model.pos=rope", "trainer.val_check_interval=10", "optim.decay_steps=20"]
 
 
-def train(run_dir, corpus_path, *overrides):
-    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *ROUND_TRIP_RUN, *overrides)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, corpus_path):
     """10 steps of train.py on one process: its last.ckpt."""
     run_dir = tmp_path_factory.mktemp("one_process")
-    train(run_dir, corpus_path, "trainer.max_steps=10")
+    train(run_dir, corpus_path, *ROUND_TRIP_RUN, "trainer.max_steps=10")
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -318,7 +313,7 @@ def test_a_checkpoint_goes_through_fsdp_and_resumes_on_one_process_as_it_was(
         assert all(torch.equal(value, expected["state"][key][name]) for name, value in moments.items())
     torch.save(through_fsdp, tmp_path / "through_fsdp.ckpt")
     for name, checkpoint in (("resumed", one_process), ("resumed_through_fsdp", tmp_path / "through_fsdp.ckpt")):
-        train(tmp_path / name, corpus_path, "trainer.max_steps=20", f"ckpt_path={checkpoint}")
+        train(tmp_path / name, corpus_path, *ROUND_TRIP_RUN, "trainer.max_steps=20", f"ckpt_path={checkpoint}")
     resumed, through = (
         torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         for name in ("resumed", "resumed_through_fsdp")

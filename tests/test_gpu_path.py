@@ -5,8 +5,6 @@ On a GPU the `auto` settings resolve to bf16-mixed, compile and fused AdamW
 (gpt.pretrain.training.resolve_speed_settings). All three run on a CPU too, so these tests force them
 there instead of skipping."""
 
-import csv
-
 import lightning as L
 import pytest
 import torch
@@ -18,7 +16,7 @@ from gpt.pretrain.data import RandomBatches
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import resolve_speed_settings
 
-from .conftest import TINY_RUN, run_script
+from .conftest import TINY_RUN, metrics_rows, train, val_losses
 from .test_config import compose_train
 from .test_modern import MUON
 
@@ -125,36 +123,26 @@ def test_each_rank_draws_its_own_dropout_masks_from_the_seed():
     assert not torch.equal(rng_after_setup(rank=0, seed=5), rng_after_setup(rank=0, seed=6))
 
 
-def train(run_dir, corpus_path, *overrides):
-    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *TINY_RUN, *overrides)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def val_losses(run_dir) -> dict[int, float]:
-    rows = csv.DictReader((run_dir / "metrics.csv").read_text().splitlines())
-    return {int(r["step"]) + 1: float(r["val/loss"]) for r in rows if r["val/loss"]}
-
-
 @pytest.mark.slow
 def test_the_gpu_settings_train_together_on_the_cpu(tmp_path, corpus_path):
     """The lecture model's shape (6 layers, 6 heads, dropout 0.2) at a width a CPU trains in seconds, compiled
     (inductor, as on a GPU), under bf16 autocast, with fused AdamW, clipping and 2 micro-batches per step."""
     small = ["model=small", "model.n_embd=48", "model.block_size=32", "data.batch_size=8", "data.eval_chunks=16"]
     steps = ["trainer.max_steps=6", "trainer.val_check_interval=3", "optim.warmup_steps=2"]
-    console = train(tmp_path, corpus_path, *small, *GPU_SETTINGS, "trainer.accumulate_grad_batches=2", *steps)
+    gpu = [*GPU_SETTINGS, "trainer.accumulate_grad_batches=2"]
+    console = train(tmp_path, corpus_path, *TINY_RUN, *small, *gpu, *steps)
     assert "speed settings: precision bf16-mixed, compile True, fused AdamW True" in console
     assert "2 micro-batch(es) x 4 chunks" in console
     losses = val_losses(tmp_path)
     assert sorted(losses) == [3, 6] and all(0 < loss < 10 for loss in losses.values())
-    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    rows = metrics_rows(tmp_path)
     assert all(float(r["train/grad_norm"]) > 0 for r in rows if r["train/grad_norm"])
 
 
 @pytest.mark.slow
 def test_two_processes_with_dropout_resume_exactly(tmp_path, corpus_path):
     """Each rank's dropout stream is saved and restored: 10 + 10 steps on 2 processes equal 20 straight."""
-    run = ["trainer.devices=2", "model.dropout=0.1", "trainer.val_check_interval=10", "optim.decay_steps=20"]
+    run = [*TINY_RUN, "trainer.devices=2", "model.dropout=0.1", "trainer.val_check_interval=10", "optim.decay_steps=20"]
     straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
     train(straight, corpus_path, *run, "trainer.max_steps=20")
     train(first, corpus_path, *run, "trainer.max_steps=10")

@@ -13,7 +13,7 @@ from gpt.core.model import GPT, CausalSelfAttention, Rotary
 from gpt.core.muon import MuonWithAdamW, orthogonalize
 from gpt.pretrain.lightning_module import GPTModule, lr_factor, wsd_factor
 
-from .conftest import TINY_RUN, run_script
+from .conftest import TINY_RUN, run_script, train
 
 VOCAB = [chr(c) for c in range(97, 117)]
 SHAPE = dict(block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -219,15 +219,10 @@ MUON_RUN = [*TINY_RUN, "optim=muon", *EVERY_SWITCH_ON, "model.dropout=0.1", "opt
 def test_a_muon_run_with_every_switch_resumes_exactly(corpus_path, tmp_path):
     """10 + 10 steps == 20 straight: Muon's momentum, AdamW's moments, the WSD schedule and the RNG all resume,
     with clipping and two micro-batches per step."""
-
-    def train(run_dir, *overrides):
-        result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *MUON_RUN, *overrides)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
     straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
-    train(straight, "trainer.max_steps=20")
-    train(first, "trainer.max_steps=10")
-    train(second, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    train(straight, corpus_path, *MUON_RUN, "trainer.max_steps=20")
+    train(first, corpus_path, *MUON_RUN, "trainer.max_steps=10")
+    train(second, corpus_path, *MUON_RUN, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 20 and resumed["hyper_parameters"]["optim"]["name"] == "muon"

@@ -7,7 +7,6 @@ the test run, so on a timeout or a failure every process they started is killed.
 """
 
 import contextlib
-import csv
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import ROOT, TINY_RUN, run_script
+from .conftest import ROOT, TINY_RUN, train, val_curve, val_losses
 
 # No dropout (ranks draw different masks); accumulate_grad_batches=1 so that val_check_interval counts optimizer steps.
 RUN = [
@@ -121,17 +120,11 @@ def wait_all(processes: list[subprocess.Popen], logs: list[Path], timeout: int =
     return outputs
 
 
-def val_losses(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, val/loss) of each row of metrics.csv that has one, in file order: a second writer would repeat steps."""
-    rows = csv.DictReader((run_dir / "metrics.csv").read_text().splitlines())
-    return [(int(r["step"]) + 1, float(r["val/loss"])) for r in rows if r["val/loss"]]
-
-
 def assert_one_run_folder_like(run_dir: Path, reference: Path) -> None:
     """One set of checkpoints, metrics and samples, written by rank 0 only, with the reference run's val losses."""
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
-    distributed, one = val_losses(run_dir), dict(val_losses(reference))
+    distributed, one = val_curve(run_dir), val_losses(reference)
     assert [step for step, _ in distributed] == [5, 10]  # once each
     for step, loss in distributed:
         assert loss == pytest.approx(one[step], abs=TOLERANCE), f"val/loss at step {step}"
@@ -143,8 +136,7 @@ def assert_one_run_folder_like(run_dir: Path, reference: Path) -> None:
 def one_process(tmp_path_factory, corpus_path):
     """10 steps of batch 8 on one process: what every emulated cluster below must reproduce."""
     run_dir = tmp_path_factory.mktemp("one_process")
-    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *RUN, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    train(run_dir, corpus_path, *RUN, timeout=TIMEOUT)
     return run_dir
 
 
@@ -158,9 +150,9 @@ def test_two_torchrun_nodes_train_like_one_process_into_one_run_folder(one_proce
             sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
             f"--node-rank={node_rank}", "--master-addr=127.0.0.1", f"--master-port={port}",
         ]  # fmt: skip
-        train = [str(ROOT / "train.py"), f"data.path={corpus_path}", *RUN]  # RUN has trainer.accelerator=cpu
+        script = [str(ROOT / "train.py"), f"data.path={corpus_path}", *RUN]  # RUN has trainer.accelerator=cpu
         cluster = ["trainer.num_nodes=2", "trainer.devices=1", "hydra.run.dir=outputs/two-nodes"]
-        launched.append(start([*torchrun, *train, *cluster], tmp_path, clean_env(), log))
+        launched.append(start([*torchrun, *script, *cluster], tmp_path, clean_env(), log))
     node0, node1 = wait_all(launched, logs)
 
     assert SPLIT in node0  # Lightning counted 2 nodes x 1 device

@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from gpt.core.cli import put_verbatim, take_verbatim
 
-from .conftest import TINY_RUN, make_corpus, run_script
+from .conftest import TINY_RUN, make_corpus, run_script, train
 
 PROMPTS = [
     "To be, or not to be: that is the question.",
@@ -23,8 +23,7 @@ def checkpoint(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text(make_corpus(200) + "".join(PROMPTS) + "\n", encoding="utf-8")
     steps = ["trainer.max_steps=2", "trainer.val_check_interval=2", "optim.warmup_steps=0"]
-    result = run_script("train.py", f"data.path={corpus}", f"hydra.run.dir={root / 'run'}", *TINY_RUN, *steps)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(root / "run", corpus, *TINY_RUN, *steps)
     return root / "run" / "checkpoints" / "last.ckpt"
 
 

@@ -1,28 +1,16 @@
 """Runs as people start them: a short try with no other override, extending a finished run, resume=auto."""
 
-import csv
-
 import pytest
 import torch
 
-from .conftest import TINY_RUN, run_script
+from .conftest import TINY_RUN, metrics_rows, run_script, train
 
 MIN_LR = 2e-4  # model=tiny's
 LECTURE_RUN = ["model=tiny", *TINY_RUN]  # resuming, shown on the lecture's model and its cosine schedule
 
 
-def train(cwd, corpus_path, *overrides):
-    result = run_script("train.py", f"data.path={corpus_path}", *overrides, cwd=cwd)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def metrics(run_dir) -> list[dict]:
-    return list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
-
-
 def test_a_20_step_run_needs_no_other_override(tmp_path, corpus_path):
-    console = train(tmp_path, corpus_path, "trainer.max_steps=20", "hydra.run.dir=run")
+    console = train("run", corpus_path, "trainer.max_steps=20", cwd=tmp_path)
     assert "trainer.val_check_interval=175 -> 20" in console  # the default model's 175 fitted to the run
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
 
@@ -31,19 +19,19 @@ def test_a_20_step_run_needs_no_other_override(tmp_path, corpus_path):
 def finished(tmp_path_factory, corpus_path):
     """A finished 20-step run, logging every step."""
     cwd = tmp_path_factory.mktemp("project")
-    run = ["trainer.max_steps=20", "trainer.val_check_interval=10", "hydra.run.dir=outputs/a"]
-    train(cwd, corpus_path, *LECTURE_RUN, *run)
+    run = ["trainer.max_steps=20", "trainer.val_check_interval=10"]
+    train("outputs/a", corpus_path, *LECTURE_RUN, *run, cwd=cwd)
     return cwd
 
 
 def test_extending_a_finished_run_continues_its_learning_rate_and_its_curve(finished, corpus_path):
     last = finished / "outputs" / "a" / "checkpoints" / "last.ckpt"
     console = train(
-        finished, corpus_path, *LECTURE_RUN, "trainer.max_steps=30", "trainer.val_check_interval=10",
-        f"ckpt_path={last}", "hydra.run.dir=outputs/extended",
+        "outputs/extended", corpus_path, *LECTURE_RUN, "trainer.max_steps=30", "trainer.val_check_interval=10",
+        f"ckpt_path={last}", cwd=finished,
     )  # fmt: skip
     assert "resuming keeps the checkpoint's schedule" in console
-    rows = metrics(finished / "outputs" / "extended")
+    rows = metrics_rows(finished / "outputs" / "extended")
     lr = {int(r["step"]): float(r["train/lr"]) for r in rows if r["train/lr"]}
     assert sorted(lr) == list(range(30))  # the whole curve: steps 0-19 from the first run, 20-29 from this one
     assert lr[20] == pytest.approx(MIN_LR) and lr[19] == pytest.approx(lr[20], rel=0.2)  # no jump (was 10.9x)
@@ -66,14 +54,14 @@ def test_resuming_with_another_learning_rate_is_refused_in_one_line(finished, co
 def test_resume_auto_takes_the_latest_run_of_the_same_model_and_data_or_starts_fresh(finished, corpus_path, tmp_path):
     run = [*LECTURE_RUN, "trainer.val_check_interval=10", "resume=auto"]
     # Another model size: no earlier run matches, so it starts fresh.
-    console = train(finished, corpus_path, *run, "model.n_embd=48", "trainer.max_steps=10", "hydra.run.dir=outputs/b")
+    console = train("outputs/b", corpus_path, *run, "model.n_embd=48", "trainer.max_steps=10", cwd=finished)
     assert "resume=auto: no earlier run" in console
     # The same model and data as run a, with steps left: it resumes a (not b, which is newer but another model).
-    console = train(finished, corpus_path, *run, "trainer.max_steps=30", "hydra.run.dir=outputs/c")
+    console = train("outputs/c", corpus_path, *run, "trainer.max_steps=30", cwd=finished)
     assert "resume=auto: resuming outputs/a/checkpoints/last.ckpt at step 20" in console
     assert torch.load(finished / "outputs" / "c" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
     # In a folder with no runs at all: a fresh start.
-    console = train(tmp_path, corpus_path, *run, "trainer.max_steps=10", "hydra.run.dir=outputs/d")
+    console = train("outputs/d", corpus_path, *run, "trainer.max_steps=10", cwd=tmp_path)
     assert "resume=auto: no earlier run" in console
 
 
@@ -86,6 +74,6 @@ def test_a_checkpoint_from_before_the_modern_switches_still_resumes(finished, co
     old = finished / "old.ckpt"
     torch.save(checkpoint, old)
     run = [*LECTURE_RUN, "trainer.max_steps=30", "trainer.val_check_interval=10", f"ckpt_path={old}"]
-    train(finished, corpus_path, *run, "hydra.run.dir=outputs/old")
+    train("outputs/old", corpus_path, *run, cwd=finished)
     resumed = torch.load(finished / "outputs" / "old" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 30

@@ -2,7 +2,6 @@
 number of devices, the FSDP config. Every run is a train.py subprocess: an in-process DDP Trainer would
 re-execute pytest as its second rank."""
 
-import csv
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ from gpt.pretrain.data import RandomBatches
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import build_trainer, check_config, resolve_speed_settings
 
-from .conftest import TINY_RUN, run_script
+from .conftest import TINY_RUN, metrics_rows, run_script, train, val_losses
 from .test_config import compose_train
 
 RUN = [*TINY_RUN, "logger=csv", "trainer.val_check_interval=5", "optim.decay_steps=20"]
@@ -33,22 +32,11 @@ TWO_PROCESSES = ["trainer.devices=2"]  # strategy auto: DDP, as `trainer.devices
 TOLERANCE = 1e-5
 
 
-def train(run_dir, corpus_path, *overrides):
-    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *RUN, *overrides)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def val_losses(run_dir) -> dict[int, float]:
-    rows = csv.DictReader((run_dir / "metrics.csv").read_text().splitlines())
-    return {int(r["step"]) + 1: float(r["val/loss"]) for r in rows if r["val/loss"]}
-
-
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, corpus_path):
     """20 steps on one process, batch 8."""
     run_dir = tmp_path_factory.mktemp("one_process")
-    train(run_dir, corpus_path, "trainer.max_steps=20")
+    train(run_dir, corpus_path, *RUN, "trainer.max_steps=20")
     return run_dir
 
 
@@ -56,7 +44,7 @@ def one_process(tmp_path_factory, corpus_path):
 def two_processes(tmp_path_factory, corpus_path):
     """The first 10 of those steps on two DDP processes, 4 chunks each."""
     run_dir = tmp_path_factory.mktemp("two_processes")
-    console = train(run_dir, corpus_path, "trainer.max_steps=10", *TWO_PROCESSES)
+    console = train(run_dir, corpus_path, *RUN, "trainer.max_steps=10", *TWO_PROCESSES)
     assert "batch: 8 chunks of 16 tokens per optimizer step = 2 device(s) x 1 micro-batch(es) x 4 chunks" in console
     return run_dir
 
@@ -64,7 +52,7 @@ def two_processes(tmp_path_factory, corpus_path):
 @pytest.mark.slow
 def test_four_processes_train_exactly_like_one_with_the_same_batch(one_process, tmp_path, corpus_path):
     """`trainer.devices=4`, the design card's command, as 4 CPU processes over gloo: 2 chunks each."""
-    console = train(tmp_path, corpus_path, "trainer.max_steps=10", "trainer.devices=4")
+    console = train(tmp_path, corpus_path, *RUN, "trainer.max_steps=10", "trainer.devices=4")
     assert "= 4 device(s) x 1 micro-batch(es) x 2 chunks" in console
     one, four = val_losses(one_process), val_losses(tmp_path)
     assert sorted(four) == [5, 10]
@@ -124,7 +112,8 @@ def test_checkpoint_of_two_processes_resumes_on_one_at_its_step(one_process, two
     assert all(torch.equal(weight, saved[f"model.{name}"]) for name, weight in model.state_dict().items())
     # One process, and the batch of 8 in 2 micro-batches of 4; validation still every 5 optimizer steps.
     accumulating = ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=5"]
-    console = train(tmp_path, corpus_path, "trainer.max_steps=20", *accumulating, f"ckpt_path={two_process_checkpoint}")
+    resume = [*accumulating, f"ckpt_path={two_process_checkpoint}"]
+    console = train(tmp_path, corpus_path, *RUN, "trainer.max_steps=20", *resume)
     resumed_losses = val_losses(tmp_path)  # steps 5 and 10 come from the 2-process run: the whole curve
     assert sorted(resumed_losses) == [5, 10, 15, 20]
     assert all(resumed_losses[step] == loss for step, loss in val_losses(two_processes).items())
@@ -150,7 +139,7 @@ def test_multirun_over_ddp_gives_one_folder_checkpoint_and_log_per_job(tmp_path,
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for job, lr in (("0", 1e-3), ("1", 3e-4)):
         assert {p.name for p in (sweep / job / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
-        rows = list(csv.DictReader((sweep / job / "metrics.csv").read_text().splitlines()))
+        rows = metrics_rows(sweep / job)
         assert sorted(int(r["step"]) + 1 for r in rows if r["val/loss"]) == [2, 4]
         assert max(float(r["train/lr"]) for r in rows if r["train/lr"]) == pytest.approx(lr)
         assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
@@ -171,7 +160,7 @@ def test_ddp_spawn_workers_train_with_the_runs_per_process_settings(tmp_path, co
     "highest", whatever the run said. Lightning carries the deterministic flag over itself."""
     record = f"+callbacks.record._target_={RecordProcessSettings.__module__}.RecordProcessSettings"
     settings = ["matmul_precision=medium", "+trainer.deterministic=true"]
-    train(tmp_path, corpus_path, "trainer=ddp_spawn", *TWO_PROCESSES, *settings, record, "trainer.max_steps=2")
+    train(tmp_path, corpus_path, *RUN, "trainer=ddp_spawn", *TWO_PROCESSES, *settings, record, "trainer.max_steps=2")
     assert [(tmp_path / f"settings_rank{r}.txt").read_text() for r in range(2)] == ["medium True"] * 2
 
 
@@ -205,13 +194,14 @@ def test_the_gpu_fsdp_run_trains_a_model_fsdp_can_shard():
     not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA (tests/test_fsdp.py: its code path on CPU)"
 )
 def test_fsdp_trains_and_its_checkpoint_samples_on_the_cpu(tmp_path, corpus_path):
-    train(tmp_path, corpus_path, *FSDP_RUN, "trainer.max_steps=10")
+    train(tmp_path, corpus_path, *RUN, *FSDP_RUN, "trainer.max_steps=10")
     model, _ = load_model(tmp_path / "checkpoints" / "best.ckpt", "cpu")
     assert next(model.parameters()).device.type == "cpu"
     resumed = tmp_path / "resumed"
     train(
         resumed,
         corpus_path,
+        *RUN,
         "model=tiny",
         "trainer.max_steps=20",
         f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",

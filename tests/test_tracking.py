@@ -2,7 +2,6 @@
 stdin closed), the loss-curve PNG, resuming a W&B run, multiruns and a grid's summary, the W&B sweep's space and
 command (Optuna studies: tests/test_sweeps.py)."""
 
-import csv
 import json
 import struct
 import time
@@ -17,16 +16,9 @@ from PIL import Image
 
 from gpt.core.loggers import WANDB_RUN_ID
 
-from .conftest import ROOT, TINY_RUN, run_script
+from .conftest import ROOT, TINY_RUN, csv_metric, run_script, train
 
 RUN = [*TINY_RUN, "trainer.max_steps=10", "trainer.val_check_interval=5"]
-
-
-def train(*overrides, multirun=False):
-    flags = ["-m"] if multirun else []
-    result = run_script("train.py", *flags, *RUN, *overrides)  # overrides last: they win over RUN
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 def read_wandb_run(run_dir: Path) -> dict:
@@ -76,10 +68,6 @@ def wandb_run_dirs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
-def csv_metric(run_dir: Path, name: str) -> list[float]:
-    return [float(row[name]) for row in csv.DictReader(open(run_dir / "metrics.csv")) if row[name]]
-
-
 def read_yaml(path: Path):
     return yaml.safe_load(path.read_text())
 
@@ -88,12 +76,12 @@ def read_yaml(path: Path):
 def wandb_run(tmp_path_factory, corpus_path):
     """A 10-step W&B run (validated at steps 5 and 10), offline as it is by default."""
     run_dir = tmp_path_factory.mktemp("wandb_run")
-    train(f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", "logger=wandb")
+    train(run_dir, corpus_path, *RUN, "logger=wandb")
     return run_dir
 
 
 def test_a_run_plots_its_loss_curves_and_writes_its_result_without_wandb(tmp_path, corpus_path):
-    console = train(f"data.path={corpus_path}", f"hydra.run.dir={tmp_path}")
+    console = train(tmp_path, corpus_path, *RUN)
     png = tmp_path / "loss.png"
     assert f"loss curves: {png}" in console
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,8 +139,7 @@ def test_resuming_a_checkpoint_continues_its_wandb_run(wandb_run, corpus_path, t
     (first,) = wandb_run_dirs(wandb_run)
     first_id = read_wandb_run(first)["id"]
     assert torch.load(checkpoint, weights_only=True)[WANDB_RUN_ID] == first_id
-    train(f"data.path={corpus_path}", f"hydra.run.dir={tmp_path}", "logger=wandb", f"ckpt_path={checkpoint}",
-          "trainer.max_steps=20")  # fmt: skip
+    train(tmp_path, corpus_path, *RUN, "logger=wandb", f"ckpt_path={checkpoint}", "trainer.max_steps=20")
     (resumed_dir,) = wandb_run_dirs(tmp_path)
     resumed = read_wandb_run(resumed_dir)
     assert resumed["id"] == first_id  # `wandb sync` appends it to the first part of the run
@@ -179,8 +166,8 @@ def test_a_job_that_fails_finishes_its_wandb_run_as_failed(tmp_path):
 
 
 def test_each_job_of_a_multirun_gets_its_own_wandb_run_and_the_sweep_a_summary(tmp_path, corpus_path):
-    sweep = [f"data.path={corpus_path}", f"hydra.sweep.dir={tmp_path}", "logger=wandb", "optim.lr=1e-3,4e-3"]
-    train(*sweep, multirun=True)
+    sweep = [f"hydra.sweep.dir={tmp_path}", "logger=wandb", "optim.lr=1e-3,4e-3"]
+    train(None, corpus_path, "-m", *RUN, *sweep)
     runs = {}
     for job in ("0", "1"):
         (run_dir,) = wandb_run_dirs(tmp_path / job)

@@ -1,7 +1,5 @@
 """train.py and sample.py end to end, run as a user runs them: separate processes, through Hydra."""
 
-import csv
-
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -12,24 +10,18 @@ from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import check_resumable
 from gpt.sampling import sample
 
-from .conftest import ROOT, TINY_RUN, run_script
+from .conftest import ROOT, TINY_RUN, metrics_rows, run_script, train
 from .test_checkpoint import stage_module, write_checkpoint
 
 RUN = [*TINY_RUN, "model.dropout=0.1", "trainer.val_check_interval=10", "optim.decay_steps=20"]
-
-
-def train(run_dir, corpus_path, *overrides):
-    result = run_script("train.py", f"data.path={corpus_path}", f"hydra.run.dir={run_dir}", *RUN, *overrides)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, corpus_path):
     """One 20-step training run, shared by the tests that read what it wrote."""
     run_dir = tmp_path_factory.mktemp("run")
-    result = train(run_dir, corpus_path, "trainer.max_steps=20")
-    (run_dir / "console.txt").write_text(result.stdout + result.stderr)
+    console = train(run_dir, corpus_path, *RUN, "trainer.max_steps=20")
+    (run_dir / "console.txt").write_text(console)
     return run_dir
 
 
@@ -41,7 +33,7 @@ def sample_cfg(checkpoint, **overrides):
 
 def test_training_writes_checkpoints_metrics_samples_and_reports_the_best(run_dir):
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    rows = metrics_rows(run_dir)
     val = {int(r["step"]): float(r["val/loss"]) for r in rows if r["val/loss"]}
     assert sorted(val) == [9, 19]  # validated every 10 steps (the CSV counts from 0)
     assert all(r["train/loss_eval"] for r in rows if r["val/loss"])
@@ -70,8 +62,8 @@ def test_checkpoint_is_plain_data_with_tokenizer_config_and_rng(run_dir, corpus_
 
 def test_resuming_continues_exactly_where_the_run_stopped(run_dir, corpus_path, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    train(first, corpus_path, "trainer.max_steps=10")
-    train(second, corpus_path, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    train(first, corpus_path, *RUN, "trainer.max_steps=10")
+    train(second, corpus_path, *RUN, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     straight = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 20
@@ -86,12 +78,12 @@ def test_resuming_continues_exactly_where_the_run_stopped(run_dir, corpus_path, 
 
 def test_resuming_with_accumulation_and_an_odd_interval_continues_exactly(corpus_path, tmp_path):
     """Validation (and its checkpoint) every 5 optimizer steps of 2 micro-batches: never mid-accumulation."""
-    run = ["trainer.accumulate_grad_batches=2", "trainer.val_check_interval=5", "optim.decay_steps=20"]
+    run = [*RUN, "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=5", "optim.decay_steps=20"]
     straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
     train(straight, corpus_path, *run, "trainer.max_steps=20")
     train(first, corpus_path, *run, "trainer.max_steps=15")
     train(second, corpus_path, *run, "trainer.max_steps=20", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
-    rows = csv.DictReader(open(second / "metrics.csv"))
+    rows = metrics_rows(second)
     assert [int(r["step"]) + 1 for r in rows if r["val/loss"]] == [5, 10, 15, 20]  # steps 5-15 from the first run
     expected = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -104,14 +96,9 @@ def test_a_quick_try_extends_into_a_longer_run_with_its_schedule(corpus_path, tm
     steps (it was refused: "optim.warmup_steps=2 (the checkpoint has 1)", the warmup fitted to 20 steps against the
     one fitted to 10); the schedule's end stays at 10."""
     quick = [o for o in TINY_RUN if not o.startswith("optim.warmup_steps")]
-    args = [f"data.path={corpus_path}", "model=tiny", *quick]
-    result = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'try'}", "trainer.max_steps=10")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(tmp_path / "try", corpus_path, "model=tiny", *quick, "trainer.max_steps=10")
     last = tmp_path / "try" / "checkpoints" / "last.ckpt"
-    result = run_script(
-        "train.py", *args, f"hydra.run.dir={tmp_path / 'on'}", "trainer.max_steps=20", f"ckpt_path={last}"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(tmp_path / "on", corpus_path, "model=tiny", *quick, "trainer.max_steps=20", f"ckpt_path={last}")
     extended = torch.load(tmp_path / "on" / "checkpoints" / "last.ckpt", weights_only=True)
     assert extended["global_step"] == 20
     assert (
@@ -212,7 +199,7 @@ def test_errors_print_one_line_without_a_traceback(tmp_path, corpus_path):
 
 
 def test_wandb_logger_runs_offline_without_account_or_prompt(tmp_path, corpus_path):
-    train(tmp_path, corpus_path, "logger=wandb", "trainer.max_steps=10")
+    train(tmp_path, corpus_path, *RUN, "logger=wandb", "trainer.max_steps=10")
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert list(run.glob("*.wandb"))
     assert (tmp_path / "metrics.csv").exists()  # the CSV log is kept beside W&B
