@@ -1,5 +1,6 @@
-"""scripts/gpu_report.sh: its arithmetic and planning by hand, its report's GPU sections from given figures, and
-the whole pipeline end to end in its CPU smoke mode."""
+"""The GPU report (gpt/bench/gpu_report.py, run by scripts/gpu_report.sh): its planning by hand, its report's GPU
+sections from given figures, and the whole pipeline end to end in its CPU smoke mode (the MFU it reports:
+tests/test_bench.py)."""
 
 import os
 import re
@@ -8,38 +9,11 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from gpt.bench import gpu_report, throughput
 from gpt.bench.common import load_config
 
 from .conftest import ROOT
-
-
-def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():
-    model = OmegaConf.create({"arch": "gpt", "n_layer": 6, "block_size": 256, "n_embd": 384})
-    # 6 x 10M parameters + 12 x 6 layers x 256 positions x 384 wide = 60,000,000 + 7,077,888
-    assert throughput.flops_per_token(model, 10_000_000) == 67_077_888
-    # 67,077,888 FLOP/token x 500,000 tokens/s = 33.538944 TFLOP/s, over an H100's 989 TFLOP/s: 3.3912%
-    assert throughput.mfu_pct(67_077_888, 500_000, 989e12) == pytest.approx(3.39119, abs=1e-5)
-    assert throughput.mfu_pct(67_077_888, 500_000, 989e12, devices=2) == pytest.approx(3.39119 / 2, abs=1e-5)
-    assert throughput.mfu_pct(67_077_888, 500_000, None) is None
-
-
-@pytest.mark.parametrize(
-    "name, peak",
-    [
-        ("NVIDIA H100 80GB HBM3", 989e12),  # the SXM board
-        ("NVIDIA H200", 989e12),
-        ("NVIDIA A100-SXM4-80GB", 312e12),
-        ("NVIDIA H100 PCIe", 756e12),
-        ("NVIDIA GeForce RTX 4090", None),  # not in the table: unknown, never a guess
-        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),  # a slice: not the whole GPU's peak
-        ("NVIDIA H100 NVL", None),
-    ],
-)
-def test_peak_bf16_flops_of_known_gpus_and_none_for_others(name, peak):
-    assert throughput.peak_bf16_flops(name) == peak
 
 
 def test_the_recipe_runs_whole_when_it_fits_and_is_cut_to_whole_validations_when_not():

@@ -1,16 +1,11 @@
-import json
-
 import lightning as L
 import pytest
 import torch
 
-from gpt.bench.race import time_at_target
 from gpt.core.checkpoint import load_model
 from gpt.core.model import GPT
 from gpt.pretrain.data import RandomBatches
 from gpt.pretrain.lightning_module import GPTModule
-
-from .conftest import run_script
 
 VOCAB = [chr(c) for c in range(97, 117)]
 MODEL = dict(arch="gpt", block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -102,33 +97,3 @@ def test_checkpoints_load_whether_or_not_the_model_was_compiled(tmp_path, monkey
         other.load_state_dict(module.state_dict())
         torch.testing.assert_close(other.train_forward(x)[0], module.model(x)[0])
     assert len(compiled_calls) == 2
-
-
-def test_time_at_target_is_the_whole_process_wall_time_at_the_first_validation_at_or_below_it():
-    run = {"wall_s": 100.0, "val_curve": [(250, 2.0, 10.0), (500, 1.8, 20.0), (750, 1.7, 30.0)]}  # (step, loss, s)
-    assert time_at_target(run, 1.8) == {"step_at_target": 500, "wall_s_at_target": 90.0}  # 10 s of training after
-    assert time_at_target(run, 1.75) == {"step_at_target": 750, "wall_s_at_target": 100.0}
-    assert time_at_target(run, 1.6) == {"step_at_target": None, "wall_s_at_target": None}
-
-
-def test_benchmark_quick_mode_measures_every_part(corpus_path, tmp_path):
-    out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--quick", "--json", str(out), f"data.path={corpus_path}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    bench = json.loads(out.read_text())
-    (throughput,) = bench["throughput"]
-    assert throughput["model"] == "tiny" and throughput["tokens_per_s"] > 0
-    assert throughput["lightning_ms_per_step"] > 0 and throughput["plain_ms_per_step"] > 0
-    (sampling,) = bench["sampling"]
-    assert sampling["model"] == "modern_tiny" and sampling["characters"] == 16
-    assert sampling["identical_to_block_size"] and sampling["chars_per_s_cached"] > 0
-    race = bench["race"]
-    reference, default = race["runs"]
-    assert (reference["model"], default["model"]) == ("tiny", "modern_tiny")
-    assert race["target"] == reference["final_val_loss"] == reference["val_curve"][-1][1]
-    for run in race["runs"]:
-        assert run["wall_s"] > 0 and [step for step, _, _ in run["val_curve"]] == [2, 4]  # validated at steps 2, 4
-        assert run["best_val_loss"] == min(loss for _, loss, _ in run["val_curve"]) and run["peak_memory_mb"] > 0
-    assert reference["wall_ratio"] == 1 and reference["step_at_target"] in (2, 4)
-    # the reference reached its own final loss no later than its last validation, within its whole process
-    assert 0 < reference["wall_s_at_target"] <= reference["wall_s"]

@@ -1,0 +1,68 @@
+"""The benchmarks (gpt/bench/, python bench.py): MFU and the GPUs' peaks by hand, the race's time at a target,
+and bench.py --quick end to end (the GPU report they build: tests/test_gpu_report.py)."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from gpt.bench import throughput
+from gpt.bench.race import time_at_target
+
+from .conftest import run_script
+
+
+def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():
+    model = OmegaConf.create({"arch": "gpt", "n_layer": 6, "block_size": 256, "n_embd": 384})
+    # 6 x 10M parameters + 12 x 6 layers x 256 positions x 384 wide = 60,000,000 + 7,077,888
+    assert throughput.flops_per_token(model, 10_000_000) == 67_077_888
+    # 67,077,888 FLOP/token x 500,000 tokens/s = 33.538944 TFLOP/s, over an H100's 989 TFLOP/s: 3.3912%
+    assert throughput.mfu_pct(67_077_888, 500_000, 989e12) == pytest.approx(3.39119, abs=1e-5)
+    assert throughput.mfu_pct(67_077_888, 500_000, 989e12, devices=2) == pytest.approx(3.39119 / 2, abs=1e-5)
+    assert throughput.mfu_pct(67_077_888, 500_000, None) is None
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),  # the SXM board
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA GeForce RTX 4090", None),  # not in the table: unknown, never a guess
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),  # a slice: not the whole GPU's peak
+        ("NVIDIA H100 NVL", None),
+    ],
+)
+def test_peak_bf16_flops_of_known_gpus_and_none_for_others(name, peak):
+    assert throughput.peak_bf16_flops(name) == peak
+
+
+def test_time_at_target_is_the_whole_process_wall_time_at_the_first_validation_at_or_below_it():
+    run = {"wall_s": 100.0, "val_curve": [(250, 2.0, 10.0), (500, 1.8, 20.0), (750, 1.7, 30.0)]}  # (step, loss, s)
+    assert time_at_target(run, 1.8) == {"step_at_target": 500, "wall_s_at_target": 90.0}  # 10 s of training after
+    assert time_at_target(run, 1.75) == {"step_at_target": 750, "wall_s_at_target": 100.0}
+    assert time_at_target(run, 1.6) == {"step_at_target": None, "wall_s_at_target": None}
+
+
+def test_benchmark_quick_mode_measures_every_part(corpus_path, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("bench.py", "--quick", "--json", str(out), f"data.path={corpus_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    bench = json.loads(out.read_text())
+    (throughput,) = bench["throughput"]
+    assert throughput["model"] == "tiny" and throughput["tokens_per_s"] > 0
+    assert throughput["lightning_ms_per_step"] > 0 and throughput["plain_ms_per_step"] > 0
+    (sampling,) = bench["sampling"]
+    assert sampling["model"] == "modern_tiny" and sampling["characters"] == 16
+    assert sampling["identical_to_block_size"] and sampling["chars_per_s_cached"] > 0
+    race = bench["race"]
+    reference, default = race["runs"]
+    assert (reference["model"], default["model"]) == ("tiny", "modern_tiny")
+    assert race["target"] == reference["final_val_loss"] == reference["val_curve"][-1][1]
+    for run in race["runs"]:
+        assert run["wall_s"] > 0 and [step for step, _, _ in run["val_curve"]] == [2, 4]  # validated at steps 2, 4
+        assert run["best_val_loss"] == min(loss for _, loss, _ in run["val_curve"]) and run["peak_memory_mb"] > 0
+    assert reference["wall_ratio"] == 1 and reference["step_at_target"] in (2, 4)
+    # the reference reached its own final loss no later than its last validation, within its whole process
+    assert 0 < reference["wall_s_at_target"] <= reference["wall_s"]
