@@ -1,4 +1,4 @@
-"""The scaffold every entry point runs its job in (train.py, sample.py, finetune.py, evaluate.py)."""
+"""The scaffold every job runs in, whoever starts it: each entry point's script, and the ladder for each rung."""
 
 import logging
 import random
