@@ -2,6 +2,8 @@
 and bench.py --quick end to end (the GPU report they build: tests/test_gpu_report.py)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -9,7 +11,7 @@ from omegaconf import OmegaConf
 from gpt.bench import throughput
 from gpt.bench.race import time_at_target
 
-from .conftest import run_script
+from .conftest import ROOT, run_script
 
 
 def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():
@@ -66,3 +68,14 @@ def test_benchmark_quick_mode_measures_every_part(corpus_path, tmp_path):
     assert reference["wall_ratio"] == 1 and reference["step_at_target"] in (2, 4)
     # the reference reached its own final loss no later than its last validation, within its whole process
     assert 0 < reference["wall_s_at_target"] <= reference["wall_s"]
+
+
+def test_the_sweep_benchmark_runs_a_study_and_reports_it(corpus_path, tmp_path):
+    """python -m gpt.bench.sweeps study, cut to 2 trials of 4 steps: the table docs/tracking.md quotes."""
+    command = [sys.executable, "-m", "gpt.bench.sweeps", "study", "--pruner", "none", "--trials", "2", "--steps", "4",
+               "--out", str(tmp_path), f"data.path={corpus_path}", "trainer.accelerator=cpu"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    header, _, row = result.stdout.strip().splitlines()[-3:]
+    assert header.startswith("| pruner | trials | wall time (s) | optimizer steps trained | best val loss |")
+    assert row.startswith("| none | 2 complete | ") and "| 8 of 8 |" in row

@@ -1,11 +1,11 @@
 """The sweep figures of docs/tracking.md, measured on this machine. Run from the project folder:
 
-  python scripts/sweep_bench.py study --pruner none|median|halving --out DIR
+  python -m gpt.bench.sweeps study --pruner none|median|halving --out DIR
       one study of the modern space (hparams_search=modern, --trials trials of --steps steps, validated 4 times,
       the sampler's default seed): wall time, trials by state, optimizer steps trained, best val loss
-  python scripts/sweep_bench.py retrain --study DIR --out DIR [--seeds 1337,1338]
+  python -m gpt.bench.sweeps retrain --study DIR --out DIR [--seeds 1337,1338]
       the study's best configuration and the default model, each at the default's full budget, with each seed
-  python scripts/sweep_bench.py workers --workers N --out DIR
+  python -m gpt.bench.sweeps workers --workers N --out DIR
       --trials trials of the modern space's rates (model and batch fixed: every trial costs the same) by N
       processes sharing one SQLite study, each given cores/N threads: trials per minute, trials by state
 
@@ -23,7 +23,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
+from gpt.core.config import ROOT
+
 TRAIN = [sys.executable, str(ROOT / "train.py")]
 
 
@@ -103,7 +104,9 @@ def workers(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gpt.bench.sweeps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("phase", choices=["study", "retrain", "workers"])
     parser.add_argument("--out", type=Path, required=True, help="a folder for the runs and logs")
     parser.add_argument("--pruner", default="median", help="study: hydra/sweeper/pruner (none, median, halving, ...)")
@@ -113,7 +116,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1337,1338")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="more train.py overrides, e.g. data.path=...")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the options
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     {"study": study, "retrain": retrain, "workers": workers}[args.phase](args)
