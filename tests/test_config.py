@@ -96,6 +96,10 @@ def refused(cfg) -> str:
     return str(error.value)
 
 
+def test_a_single_problem_is_one_line():
+    assert refused(compose_train("data.eval_chunks=0")) == "invalid config: data.eval_chunks=0 must be >= 1"
+
+
 # Each value, before, got through start-up: Lightning or torch refused it at the first step or later, in every
 # process (a ZeroDivisionError, "Invalid beta parameter", "not enough values to unpack"), or took it and trained
 # otherwise (a negative clipping value flips the gradients, ns_steps=0 leaves Muon's update unorthogonalised).

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
-from gpt.core.errors import UserError
+from gpt.core.errors import UserError, invalid_config
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import GPT, RewardModel
 from gpt.core.runs import latest_or_refuse
@@ -102,7 +102,7 @@ def check_config(cfg: DictConfig) -> None:
             require(ok(stage[key]), f"stage.{key}={stage[key]} must be {allowed}")
     problems += optim_problems(cfg.optim) + trainer_problems(cfg.trainer)
     if problems:
-        raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
+        raise invalid_config(problems)
 
 
 def check_context(cfg: DictConfig, block_size: int) -> None:

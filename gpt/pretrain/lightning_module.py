@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
 
 from gpt.core.checkpoint import KIND_KEY
-from gpt.core.errors import UserError
+from gpt.core.errors import UserError, invalid_config
 from gpt.core.model import build_model
 from gpt.core.muon import NS_DTYPES, MuonWithAdamW
 from gpt.core.tokenizer import CharTokenizer
@@ -108,7 +108,7 @@ def optim_problems(optim) -> list[str]:
 def check_optim(optim) -> None:
     """Raise one UserError listing ``optim_problems``, if there are any."""
     if problems := optim_problems(optim):
-        raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
+        raise invalid_config(problems)
 
 
 class CheckpointedModule(L.LightningModule):

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies.launchers import (
 from omegaconf import DictConfig, OmegaConf
 
 from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
-from gpt.core.errors import UserError
+from gpt.core.errors import UserError, invalid_config
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import ARCHITECTURES, MIXERS, full_config
 from gpt.core.runs import latest
@@ -164,7 +164,7 @@ def check_config(cfg: DictConfig) -> None:
             f"{trainer.val_check_interval} so that the last step is validated and checkpointed"
         )
     if problems:
-        raise UserError("invalid config:\n  - " + "\n  - ".join(problems))
+        raise invalid_config(problems)
 
 
 RESUMABLE = ("pretrained",)  # ckpt_path= continues pre-training: fine-tuned models go on with finetune.py
