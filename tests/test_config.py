@@ -139,11 +139,20 @@ def test_optimizer_settings_that_would_fail_later_are_refused_at_start_up(overri
     [
         ("model.n_embd=0", "model.n_embd=0 must be >= 1"),
         ("model.n_embd=-32", "model.n_embd=-32 must be >= 1"),
+        ("model.n_embd=abc", "model.n_embd='abc' must be a whole number >= 1"),
         ("callbacks.text_sample.max_new_tokens=-1", "callbacks.text_sample.max_new_tokens=-1 must be >= 0"),
     ],
 )
 def test_model_and_callback_sizes_that_would_fail_later_are_refused_at_start_up(override, problem):
     assert problem in refused(compose_train(override))
+
+
+def test_the_config_check_asks_the_models_own_check():
+    """A setting only the model refused, when built, is refused with the rest; and so is a key no model has."""
+    message = "invalid config: model.pos='absolute' must be one of ['learned', 'rope']"
+    assert refused(compose_train("model.pos=absolute")) == message
+    message = "invalid config: model.n_layers is not a setting of arch=gpt: one of ['block_size', 'n_layer', "
+    assert refused(compose_train("+model.n_layers=4")).startswith(message)
 
 
 def test_a_trainer_value_lightning_refuses_is_one_line_naming_it():

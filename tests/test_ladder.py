@@ -174,7 +174,7 @@ def test_bad_ladder_values_get_a_clear_message():
     cfg = compose_train("model=ladder/5_multi_head", "model.mixer=sum", "model.n_layer=-1", "model.mlp=maybe")
     with pytest.raises(UserError) as error:
         check_config(cfg)
-    for problem in ("model.mixer=sum is not one of", "model.n_layer=-1 must be >= 0", "model.mlp=maybe must be"):
+    for problem in ("model.mixer='sum' must be one of", "model.n_layer=-1 must be >= 0", "model.mlp='maybe' must be"):
         assert problem in str(error.value)
 
 

@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from gpt.core.model import GPT, BigramLanguageModel, LanguageModel, build_model
+from gpt.core.model import GPT, BigramLanguageModel, GPTConfig, LanguageModel, build_model
 
 VOCAB = 65
 
 
 def tiny_gpt(**overrides):
     fields = dict(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
-    return GPT(**{**fields, **overrides})
+    return GPT(GPTConfig(**{**fields, **overrides}))
 
 
 MODELS = {"bigram": lambda: BigramLanguageModel(VOCAB, block_size=16), "gpt": tiny_gpt}
@@ -137,3 +137,11 @@ def test_bad_model_configs_are_refused():
         build_model("lstm", VOCAB, block_size=8)
     with pytest.raises(ValueError, match="longer than block_size"):
         tiny_gpt()(torch.zeros((1, 17), dtype=torch.long))
+
+
+def test_a_setting_no_model_has_and_a_missing_one_are_named():
+    with pytest.raises(ValueError) as err:
+        build_model("gpt", VOCAB, block_size=8, n_layers=2, n_head=1, n_embd=8)
+    message = str(err.value)
+    assert message.startswith("model.n_layers is not a setting of arch=gpt: one of ['block_size', 'n_layer', ")
+    assert message.endswith("; model.n_layer is missing: a gpt model needs it") and "\n" not in message

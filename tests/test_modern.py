@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from gpt.core.config import compose_config
 from gpt.core.errors import UserError
-from gpt.core.model import GPT, CausalSelfAttention, Rotary
+from gpt.core.model import GPT, CausalSelfAttention, GPTConfig, Rotary
 from gpt.pretrain.lightning_module import GPTModule, lr_factor, wsd_factor
 
 from .conftest import run_script
@@ -48,7 +48,7 @@ def test_every_switch_off_is_todays_model_bit_for_bit(kwargs):
     models = []
     for switches in ({}, OFF):  # the new keys left out, and stated at their off values
         torch.manual_seed(0)
-        models.append(GPT(65, **SHAPE, **dict(kwargs), **switches).eval())
+        models.append(GPT(GPTConfig(65, **SHAPE, **dict(kwargs), **switches)).eval())
     (logits, loss), (off_logits, _) = models[0](idx, idx), models[1](idx)
     assert torch.equal(off_logits, logits)
     expected_loss, expected_logits, expected_sum = TODAY[kwargs]
@@ -56,16 +56,17 @@ def test_every_switch_off_is_todays_model_bit_for_bit(kwargs):
     torch.testing.assert_close(loss.item(), expected_loss, rtol=1e-6, atol=0)
     torch.testing.assert_close(logits[1, -1, :4].tolist(), expected_logits, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(logits.double().abs().sum().item(), expected_sum, rtol=1e-6, atol=0)
-    assert list(GPT(65, **{**SHAPE, "n_layer": 1}, **OFF).state_dict()) == TODAYS_KEYS  # old checkpoints load
+    one_layer = GPT(GPTConfig(65, **{**SHAPE, "n_layer": 1}, **OFF))
+    assert list(one_layer.state_dict()) == TODAYS_KEYS  # old checkpoints load
 
 
 @pytest.mark.parametrize("switch", ON)
 def test_each_switch_changes_the_model_and_it_still_learns(switch):
     idx = torch.randint(20, (4, 16))
     torch.manual_seed(0)
-    off = GPT(20, **SHAPE)
+    off = GPT(GPTConfig(20, **SHAPE))
     torch.manual_seed(0)
-    on = GPT(20, **SHAPE, **{switch: ON[switch]})
+    on = GPT(GPTConfig(20, **SHAPE, **{switch: ON[switch]}))
     if switch in ("norm", "qk_norm", "activation", "logit_softcap"):  # the same weights: only the computation differs
         on.load_state_dict(off.state_dict())
     assert not torch.allclose(on(idx)[0], off(idx)[0])
@@ -99,13 +100,13 @@ def test_rope_attention_scores_depend_only_on_the_offset_between_positions():
 def test_logit_softcap_bounds_the_logits_and_zero_init_starts_every_block_as_the_identity():
     idx = torch.randint(20, (2, 16))
     torch.manual_seed(0)
-    uncapped = GPT(20, **SHAPE, init="pytorch", tie_weights=True)  # an N(0, 1) head: large logits
+    uncapped = GPT(GPTConfig(20, **SHAPE, init="pytorch", tie_weights=True))  # an N(0, 1) head: large logits
     torch.manual_seed(0)
-    capped = GPT(20, **SHAPE, logit_softcap=2.0, init="pytorch", tie_weights=True)
+    capped = GPT(GPTConfig(20, **SHAPE, logit_softcap=2.0, init="pytorch", tie_weights=True))
     logits, capped_logits = uncapped(idx)[0], capped(idx)[0]
     assert logits.abs().max() > 10 and capped_logits.abs().max() <= 2.0  # (tanh rounds to 1 in float32)
     torch.testing.assert_close(capped_logits, 2.0 * torch.tanh(logits / 2.0))
-    model = GPT(20, **SHAPE, zero_init_proj=True)
+    model = GPT(GPTConfig(20, **SHAPE, zero_init_proj=True))
     x = torch.randn(2, 16, 32)
     for block in model.blocks:
         assert torch.equal(block(x), x)
@@ -121,7 +122,7 @@ def test_logit_softcap_bounds_the_logits_and_zero_init_starts_every_block_as_the
 )  # fmt: skip
 def test_bad_switch_values_are_refused_naming_the_key(bad, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        GPT(20, **{**SHAPE, **bad})
+        GPT(GPTConfig(20, **{**SHAPE, **bad}))
     with pytest.raises(UserError, match="invalid config"):  # what train.py prints as one line
         GPTModule({"arch": "gpt", **SHAPE, **bad}, {}, VOCAB)
 
@@ -169,7 +170,7 @@ def test_schedule_setting_picks_the_function_for_either_optimizer():
 
 
 def rope_gpt(n_layer=2):
-    return GPT(20, **{**SHAPE, "n_layer": n_layer}, pos="rope", qk_norm=True).eval()
+    return GPT(GPTConfig(20, **{**SHAPE, "n_layer": n_layer}, pos="rope", qk_norm=True)).eval()
 
 
 @pytest.mark.parametrize("prompt_length", [1, 7])

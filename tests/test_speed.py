@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gpt.core.checkpoint import load_model
-from gpt.core.model import GPT
+from gpt.core.model import GPT, GPTConfig
 from gpt.pretrain.data import RandomBatches
 from gpt.pretrain.lightning_module import GPTModule
 
@@ -14,7 +14,7 @@ OPTIM = dict(lr=1e-3, weight_decay=0.1, betas=[0.9, 0.99], warmup_steps=0, decay
 
 @pytest.mark.parametrize("mixer", ["attention", "average"])
 def test_kv_cache_gives_the_logits_of_a_full_forward_pass(mixer):
-    model = GPT(20, block_size=16, n_layer=2, n_head=2, n_embd=32, mixer=mixer).eval()
+    model = GPT(GPTConfig(20, block_size=16, n_layer=2, n_head=2, n_embd=32, mixer=mixer)).eval()
     idx = torch.randint(20, (3, 16))
     full, _ = model(idx)
     cache = model.new_cache()
@@ -28,7 +28,7 @@ def test_kv_cache_gives_the_logits_of_a_full_forward_pass(mixer):
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_k": 5}, {"temperature": 0}])
 def test_cached_sampling_draws_exactly_the_uncached_characters(prompt_length, sampling):
     torch.manual_seed(prompt_length)
-    model = GPT(20, block_size=16, n_layer=2, n_head=2, n_embd=32).eval()
+    model = GPT(GPTConfig(20, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
     prompt = torch.randint(20, (2, prompt_length))
     # 40 new tokens: the sequence outgrows block_size, where the cached path switches to re-computing the window.
     outputs = [
@@ -39,7 +39,7 @@ def test_cached_sampling_draws_exactly_the_uncached_characters(prompt_length, sa
 
 
 def test_cached_sampling_feeds_one_position_per_token_while_the_context_fits():
-    model = GPT(20, block_size=16, n_layer=1, n_head=2, n_embd=32).eval()
+    model = GPT(GPTConfig(20, block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
     fed = []
     model.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
     model.generate(torch.zeros((1, 4), dtype=torch.long), 20)

@@ -7,11 +7,12 @@ decoder-only Transformer it grows into. ``GPT``'s switches (``mixer``, ``mlp``, 
 ladder from bigram to Transformer (``conf/model/ladder/``) is one model family, not nine copies.
 Other switches (``pos``, ``norm``, ``qk_norm``, ``activation``, ``zero_init_proj``, ``logit_softcap``, ``init``)
 go past the lecture to the parts later GPTs use (docs/modern.md); off, they leave the lecture's model bit for bit.
-Nothing here knows about Lightning or Hydra: ``build_model(arch=..., **fields)`` turns plain config into a model.
+Nothing here knows about Lightning or Hydra: ``GPTConfig`` holds a GPT's settings and checks them
+(``model_problems``), and ``build_model(arch=..., **fields)`` turns plain config into a model.
 """
 
 import copy
-import inspect
+import dataclasses
 import math
 from functools import partial
 
@@ -314,90 +315,93 @@ POSITIONS = ("learned", "rope")
 INITS = ("lecture", "pytorch")
 
 
-class GPT(LanguageModel):
-    """Token + position embeddings, ``n_layer`` blocks, a final LayerNorm and a linear head.
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Every setting of a ``GPT``: its size, then its switches, each at the lecture's final model by default.
 
-    The defaults are the lecture's final model. The switches give its earlier steps: ``n_layer=0`` is
-    embeddings and a linear head; ``mixer="average"`` replaces attention by the causal average of the past;
-    ``mlp``, ``residual`` and ``layer_norm`` remove those parts. ``tie_weights`` shares the token embedding
-    with the output head (fewer parameters; a recipe choice, off in the lecture).
-
-    Past the lecture (each off by default, and then the lecture's model bit for bit; docs/modern.md):
-
-    - ``pos="rope"``: rotary position embeddings in attention instead of a learned table added to the input.
-    - ``norm="rmsnorm"``: RMSNorm instead of LayerNorm (wherever ``layer_norm`` puts a norm).
-    - ``qk_norm``: queries and keys RMS-normalised per head before attention.
-    - ``activation="relu2"``: ReLU² in the MLP instead of GELU.
-    - ``zero_init_proj``: the projections that write into the residual stream start at zero, so every block
-      starts as the identity and the model as embeddings + head.
-    - ``logit_softcap``: logits squashed smoothly into (-cap, cap) by cap·tanh(logits / cap) (Gemma 2).
-    - ``init="pytorch"``: PyTorch's default initialisation (embeddings N(0, 1), Linear uniform ±1/sqrt(fan_in))
-      instead of the lecture's GPT-2 N(0, 0.02) with scaled residual projections.
+    ``vocab_size`` comes from the data (the tokenizer), the rest from a run's ``model:`` config or a checkpoint's.
+    The switches of the lecture's ladder (conf/model/ladder/) turned off give its earlier steps; those past the
+    lecture (docs/modern.md) left off give the lecture's model bit for bit. A config that cannot work is refused
+    when built: a ValueError naming each such setting ``model.<key>`` (``model_problems``).
     """
 
-    def __init__(
-        self,
-        vocab_size,
-        block_size,
-        n_layer,
-        n_head,
-        n_embd,
-        dropout=0.0,
-        bias=False,
-        mixer="attention",
-        mlp=True,
-        residual=True,
-        layer_norm=True,
-        tie_weights=False,
-        pos="learned",
-        norm="layernorm",
-        qk_norm=False,
-        activation="gelu",
-        zero_init_proj=False,
-        logit_softcap=None,
-        init="lecture",
-    ):
-        super().__init__(block_size)
-        check_choices(mixer=(mixer, MIXERS), pos=(pos, POSITIONS), norm=(norm, NORMS),
-                      activation=(activation, ACTIVATIONS), init=(init, INITS))  # fmt: skip
-        for name, value in dict(qk_norm=qk_norm, zero_init_proj=zero_init_proj).items():
-            if not isinstance(value, bool):
-                raise ValueError(f"model.{name}={value!r} must be true or false")
-        if n_embd % n_head:
-            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
-        if pos == "rope" and (n_embd // n_head) % 2:
-            raise ValueError(f"model.pos=rope rotates pairs of channels: head size n_embd/n_head={n_embd // n_head} "
-                             "must be even")  # fmt: skip
-        if logit_softcap is not None and not (isinstance(logit_softcap, (int, float)) and logit_softcap > 0):
-            raise ValueError(f"model.logit_softcap={logit_softcap!r} must be null (off) or a number > 0")
-        self.token_embedding = nn.Embedding(vocab_size, n_embd)
-        self.rope = pos == "rope"
-        # RoPE puts positions into attention itself: no table, and no limit on the positions a rolling cache sees
-        self.position_embedding = None if self.rope else nn.Embedding(block_size, n_embd)
-        self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(n_embd, n_head, dropout, bias, mixer, mlp, residual, layer_norm, norm, self.rope, qk_norm, activation)
-            for _ in range(n_layer)
-        )
-        self.ln_f = NORMS[norm](n_embd, bias) if layer_norm else nn.Identity()
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=bias)
-        self.logit_softcap = logit_softcap
+    vocab_size: int
+    block_size: int  # the longest context the model conditions on
+    n_layer: int  # 0: embeddings and a linear head
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = False  # in the Linear layers and the LayerNorms
+    # the lecture's ladder
+    mixer: str = "attention"  # "average": each position takes the plain average of its past instead
+    mlp: bool = True
+    residual: bool = True
+    layer_norm: bool = True
+    tie_weights: bool = False  # the output head shares the token embedding (fewer parameters; off in the lecture)
+    # past the lecture
+    pos: str = "learned"  # "rope": rotary position embeddings in attention instead of a learned table added
+    norm: str = "layernorm"  # "rmsnorm": RMSNorm instead of LayerNorm (wherever layer_norm puts a norm)
+    qk_norm: bool = False  # queries and keys RMS-normalised per head before attention
+    activation: str = "gelu"  # "relu2": ReLU² in the MLP instead of GELU
+    zero_init_proj: bool = False  # the projections into the residual stream start at zero: blocks start as identity
+    logit_softcap: float | None = None  # a cap: logits squashed into (-cap, cap) by cap·tanh(logits / cap) (Gemma 2)
+    # "lecture": GPT-2's N(0, 0.02) with scaled residual projections; "pytorch": PyTorch's defaults (embeddings
+    # N(0, 1), Linear uniform ±1/sqrt(fan_in))
+    init: str = "lecture"
 
-        if init == "lecture":
+    def __post_init__(self):
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "vocab_size"}
+        if problems := model_problems({"arch": "gpt", **settings}):
+            raise ValueError("; ".join(problems))
+
+
+class GPT(LanguageModel):
+    """Token + position embeddings, ``n_layer`` blocks, a final LayerNorm and a linear head: the lecture's model,
+    its earlier steps and the parts later GPTs use, as ``GPTConfig`` sets them."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config.block_size)
+        self.config = config
+        n_embd, bias, rope = config.n_embd, config.bias, config.pos == "rope"
+        self.token_embedding = nn.Embedding(config.vocab_size, n_embd)
+        # RoPE puts positions into attention itself: no table, and no limit on the positions a rolling cache sees
+        self.position_embedding = None if rope else nn.Embedding(config.block_size, n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                n_embd,
+                config.n_head,
+                config.dropout,
+                bias,
+                config.mixer,
+                config.mlp,
+                config.residual,
+                config.layer_norm,
+                config.norm,
+                rope,
+                config.qk_norm,
+                config.activation,
+            )
+            for _ in range(config.n_layer)
+        )
+        self.ln_f = NORMS[config.norm](n_embd, bias) if config.layer_norm else nn.Identity()
+        self.lm_head = nn.Linear(n_embd, config.vocab_size, bias=bias)
+
+        if config.init == "lecture":
             self.apply(self._init_weights)
             # The projections that write into the residual stream start small (GPT-2's scaled init), so each
             # block adds little at first: the residual pathway dominates, and blocks "come online" as they learn.
             for name, p in self.named_parameters():
                 if name.endswith("c_proj.weight"):
-                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * max(n_layer, 1)))
-        if zero_init_proj:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * max(config.n_layer, 1)))
+        if config.zero_init_proj:
             # The limit of the scaled init: every block starts as the identity (its branches add exactly 0).
             # The projections still get gradients (their inputs are not 0), and the layers before them get
             # theirs once the projections have moved off 0, one step later (modded-nanogpt does this).
             for name, p in self.named_parameters():
                 if name.endswith("c_proj.weight"):
                     nn.init.zeros_(p)
-        if tie_weights:
+        if config.tie_weights:
             self.lm_head.weight = self.token_embedding.weight
 
     @staticmethod
@@ -408,7 +412,7 @@ class GPT(LanguageModel):
             nn.init.zeros_(module.bias)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.block_size, rolling=self.rope)  # relative positions: the window may roll on
+        return KVCache(self.block_size, rolling=self.config.pos == "rope")  # relative positions: the window may roll
 
     def features(self, idx, cache=None):
         """The final hidden states (B, T, n_embd), before the head: what a reward or value head reads."""
@@ -428,9 +432,9 @@ class GPT(LanguageModel):
 
     def forward(self, idx, targets=None, cache=None):
         logits = self.lm_head(self.features(idx, cache))  # (B, T, vocab_size)
-        if self.logit_softcap is not None:
+        if (cap := self.config.logit_softcap) is not None:
             # Smoothly bounded logits: near 0 the identity, never beyond ±cap, so no logit runs away.
-            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+            logits = cap * torch.tanh(logits / cap)
         return logits, None if targets is None else self.loss(logits, targets)
 
     @torch.no_grad()
@@ -447,31 +451,90 @@ class GPT(LanguageModel):
         return [m[0] if m.dim() == 4 else m[None] for m in maps]  # the average has one "head"
 
 
-def check_choices(**settings) -> None:
-    """Raise a ValueError naming the key for any ``key=(value, allowed)`` whose value is not allowed."""
-    for key, (value, allowed) in settings.items():
-        if value not in allowed:
-            raise ValueError(f"model.{key}={value!r} must be one of {list(allowed)}")
+ARCHITECTURES = ("bigram", "gpt")
+CHOICES = {"mixer": MIXERS, "pos": POSITIONS, "norm": NORMS, "activation": ACTIVATIONS, "init": INITS}
+SWITCHES = ("bias", "mlp", "residual", "layer_norm", "tie_weights", "qk_norm", "zero_init_proj")  # true or false
 
 
-ARCHITECTURES = {"bigram": BigramLanguageModel, "gpt": GPT}
+def arch_settings(arch: str) -> dict:
+    """The settings of an ``arch`` model's config, each with its default (``dataclasses.MISSING``: required).
+    The bigram's table needs only the context ``generate`` feeds it; a GPT's are ``GPTConfig``'s."""
+    if arch == "gpt":
+        return {f.name: f.default for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
+    return {"block_size": dataclasses.MISSING} if arch == "bigram" else {}
+
+
+def model_problems(model: dict) -> list[str]:
+    """Every setting of a model config (``arch`` and its settings, as in conf/model/) that cannot work, one line
+    each naming its key; none if a model can be built from it. The one check of a model config: ``GPTConfig``
+    runs it when built, train.py's config check before anything is."""
+    arch, given = model.get("arch"), {key: value for key, value in model.items() if key != "arch"}
+    if arch not in ARCHITECTURES:
+        return [f"model.arch={arch!r} is an unknown model arch: choose one of {list(ARCHITECTURES)}"]
+    settings = arch_settings(arch)
+    unknown = [key for key in given if key not in settings]
+    missing = [key for key, default in settings.items() if default is dataclasses.MISSING and key not in given]
+    if unknown or missing:  # the values are checked once the keys are right
+        return [f"model.{key} is not a setting of arch={arch}: one of {list(settings)}" for key in unknown] + [
+            f"model.{key} is missing: a {arch} model needs it" for key in missing
+        ]
+    cfg = {**settings, **given}
+    problems = []
+
+    def require(ok, message):
+        if not ok:
+            problems.append(message)
+
+    def whole(key: str, low: int, note: str = "") -> bool:
+        """Whether ``cfg[key]`` is a whole number >= ``low``; the problem noted if not."""
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"model.{key}={value!r} must be a whole number >= {low}")
+            return False
+        require(value >= low, f"model.{key}={value} must be >= {low}{note}")
+        return value >= low
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    whole("block_size", 1)
+    if arch == "bigram":
+        return problems
+    whole("n_layer", 0, " (0: embeddings and a linear head)")
+    heads, width = whole("n_head", 1), whole("n_embd", 1)
+    if heads and width:
+        n_embd, n_head = cfg["n_embd"], cfg["n_head"]
+        if n_embd % n_head:
+            problems.append(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}")
+        elif cfg["pos"] == "rope" and (n_embd // n_head) % 2:
+            problems.append(f"model.pos=rope rotates pairs of channels: head size n_embd/n_head={n_embd // n_head} "
+                            "must be even")  # fmt: skip
+    require(number(cfg["dropout"]) and 0 <= cfg["dropout"] < 1, f"model.dropout={cfg['dropout']!r} must be in [0, 1)")
+    for key in SWITCHES:
+        require(isinstance(cfg[key], bool), f"model.{key}={cfg[key]!r} must be true or false")
+    for key, allowed in CHOICES.items():
+        ok = isinstance(cfg[key], str) and cfg[key] in allowed
+        require(ok, f"model.{key}={cfg[key]!r} must be one of {list(allowed)}")
+    cap = cfg["logit_softcap"]
+    require(cap is None or (number(cap) and cap > 0), f"model.logit_softcap={cap!r} must be null (off) or a number > 0")
+    return problems
 
 
 def full_config(arch: str, **fields) -> dict:
-    """``fields`` with every setting the architecture has, the defaults filled in: a config written before a
-    switch existed equals the same model's config written after."""
-    model = ARCHITECTURES.get(arch)
-    if model is None:
-        return {"arch": arch, **fields}
-    defaults = {name: p.default for name, p in inspect.signature(model).parameters.items() if p.default is not p.empty}
-    return {"arch": arch, **defaults, **fields}
+    """``fields`` with every setting the architecture has, the defaults filled in: what a checkpoint records, so
+    that a config written before a switch existed equals the same model's config written after."""
+    defaults = {key: default for key, default in arch_settings(arch).items() if default is not dataclasses.MISSING}
+    return {"arch": arch, **fields, **{key: value for key, value in defaults.items() if key not in fields}}
 
 
 def build_model(arch: str, vocab_size: int, **fields) -> LanguageModel:
-    """Build a model from plain config data, e.g. ``build_model("gpt", 65, block_size=64, n_layer=4, ...)``."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown model arch {arch!r}: choose one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](vocab_size=vocab_size, **fields)
+    """Build a model from plain config data, e.g. ``build_model("gpt", 65, block_size=64, n_layer=4, ...)``;
+    a config that cannot work is a ValueError naming each setting at fault."""
+    if problems := model_problems({"arch": arch, **fields}):
+        raise ValueError("; ".join(problems))
+    if arch == "bigram":
+        return BigramLanguageModel(vocab_size, **fields)
+    return GPT(GPTConfig(vocab_size, **fields))
 
 
 class RewardModel(nn.Module):

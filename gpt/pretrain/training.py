@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError, invalid_config
 from gpt.core.loggers import instantiate_loggers
-from gpt.core.model import ARCHITECTURES, MIXERS, full_config
+from gpt.core.model import full_config, model_problems
 from gpt.core.runs import latest
 from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.pretrain.callbacks import TrialPruning
@@ -119,29 +119,13 @@ def latest_resumable(cfg: DictConfig, vocab: list[str]) -> Checkpoint | None:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise one UserError listing every setting that cannot work, before anything is built."""
-    model, data, optim, trainer = cfg.model, cfg.data, cfg.optim, cfg.trainer
-    problems = []
+    data, optim, trainer = cfg.data, cfg.optim, cfg.trainer
+    problems = model_problems(OmegaConf.to_container(cfg.model, resolve=True))
 
     def require(ok, message):
         if not ok:
             problems.append(message)
 
-    require(model.arch in ARCHITECTURES, f"model.arch={model.arch} is not one of {sorted(ARCHITECTURES)}")
-    require(model.block_size >= 1, f"model.block_size={model.block_size} must be >= 1")
-    if model.arch == "gpt":
-        require(model.n_layer >= 0, f"model.n_layer={model.n_layer} must be >= 0 (0: embeddings and a linear head)")
-        require(model.n_head >= 1, f"model.n_head={model.n_head} must be >= 1")
-        mixer = model.get("mixer", "attention")
-        require(mixer in MIXERS, f"model.mixer={mixer} is not one of {list(MIXERS)}")
-        for switch in ("mlp", "residual", "layer_norm", "tie_weights"):
-            value = model.get(switch, False)
-            require(isinstance(value, bool), f"model.{switch}={value} must be true or false")
-        require(
-            model.n_head >= 1 and model.n_embd % model.n_head == 0,
-            f"model.n_embd={model.n_embd} must be divisible by model.n_head={model.n_head}",
-        )
-        require(0 <= model.dropout < 1, f"model.dropout={model.dropout} must be in [0, 1)")
-        require(model.n_embd >= 1, f"model.n_embd={model.n_embd} must be >= 1")
     require(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be >= 1")
     require(0 < data.train_fraction < 1, f"data.train_fraction={data.train_fraction} must be in (0, 1)")
     require(data.eval_chunks >= 1, f"data.eval_chunks={data.eval_chunks} must be >= 1")
