@@ -1,12 +1,14 @@
 """The checkpoint contract: every module records its kind, old files get it inferred, and every loader refuses
 every kind it does not accept with one line that says what the file is and what writes the right kind."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from gpt.core.checkpoint import KINDS, LANGUAGE_MODELS, load_model, read_checkpoint
 from gpt.core.errors import UserError
-from gpt.core.model import GPT, RewardModel, build_model
+from gpt.core.model import GPT, GPTConfig, RewardModel, build_model, full_config
 from gpt.core.tokenizer import CharTokenizer
 from gpt.posttrain.qa import Rater
 from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule
@@ -52,7 +54,7 @@ def test_every_module_records_its_kind(checkpoints, kind):
     assert torch.load(checkpoints[kind], weights_only=True)["kind"] == kind
     checkpoint = read_checkpoint(checkpoints[kind])
     assert checkpoint.kind == kind and checkpoint.kind_recorded
-    assert checkpoint.vocab == VOCAB and checkpoint.model_config == MODEL
+    assert checkpoint.vocab == VOCAB and checkpoint.model_config == full_config(**MODEL)
     assert torch.load(checkpoints[kind], weights_only=True)["rng"]["torch"].dtype == torch.uint8  # RNG kept too
 
 
@@ -65,6 +67,16 @@ def test_a_checkpoint_written_before_kinds_were_recorded_gets_its_kind_inferred(
     assert checkpoint.kind == kind and not checkpoint.kind_recorded
     model, _ = load_model(checkpoint, kinds=[kind])
     assert isinstance(model, RewardModel if kind == "reward" else GPT)
+
+
+def test_a_checkpoint_states_every_model_setting_and_one_that_left_some_out_still_loads(checkpoints, tmp_path):
+    raw = torch.load(checkpoints["sft"], weights_only=True)
+    settings = [field.name for field in dataclasses.fields(GPTConfig) if field.name != "vocab_size"]
+    assert list(raw["hyper_parameters"]["model"]) == ["arch", *settings]  # the defaults written out, MODEL's first
+    raw["hyper_parameters"]["model"] = MODEL  # as written before: the switches MODEL leaves out are missing
+    torch.save(raw, tmp_path / "old.ckpt")
+    model, _ = load_model(tmp_path / "old.ckpt")
+    assert model.config == GPTConfig(len(VOCAB), **{k: v for k, v in MODEL.items() if k != "arch"})
 
 
 def test_the_loader_builds_each_kind_in_eval_mode_and_freezes_the_reward_model(checkpoints):

@@ -52,7 +52,8 @@ class Checkpoint:
 
     path: Path
     kind: str  # one of KINDS
-    model_config: dict  # build_model's fields (arch, block_size, ...), the vocabulary size aside
+    model_config: dict  # build_model's fields (arch, block_size, ...), the vocabulary size aside; older files
+    # leave out the settings that did not exist yet (full_config fills them in)
     vocab: list[str]
     state_dict: dict[str, torch.Tensor]  # the model's weights, without Lightning's "model." prefix
     raw: dict = field(repr=False)  # the whole file: step, run config ("config"), RNG, optimizer, PPO history...

@@ -14,7 +14,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
 
 from gpt.core.checkpoint import KIND_KEY
 from gpt.core.errors import UserError, invalid_config
-from gpt.core.model import build_model
+from gpt.core.model import build_model, full_config
 from gpt.core.muon import NS_DTYPES, MuonWithAdamW
 from gpt.core.tokenizer import CharTokenizer
 
@@ -115,7 +115,8 @@ class CheckpointedModule(L.LightningModule):
     """What every LightningModule of this project shares (GPTModule, and the post-training stages).
 
     - Its checkpoint follows the contract of gpt.core.checkpoint: the ``kind`` (the class's ``KIND``), the
-      model config and vocabulary (the hyperparameters, plain data), and ``config``, the whole config of the
+      complete model config (every default filled in: the file states the whole model, whatever a later version
+      defaults to) and vocabulary (the hyperparameters, plain data), and ``config``, the whole config of the
       run, as a record of how it was made; and every rank's RNG states, restored on resume.
     - Each rank draws its own dropout stream from ``seed`` when fit starts.
     - The tokenizer of the vocabulary; AdamW (or, for pre-training, Muon + AdamW) with warmup and cosine or
@@ -138,7 +139,9 @@ class CheckpointedModule(L.LightningModule):
         super().__init__()
         check_optim(optim)
         # train.py and finetune.py log run_config themselves
-        self.save_hyperparameters({"model": model, "optim": optim, "vocab": vocab, **hparams}, logger=False)
+        self.save_hyperparameters(
+            {"model": full_config(**model), "optim": optim, "vocab": vocab, **hparams}, logger=False
+        )
         self.run_config = run_config
         self.seed = seed  # of each rank's dropout stream (the weights are drawn before, the batches elsewhere)
         self.tokenizer = CharTokenizer(vocab)
