@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gpt.core.errors import UserError
-from gpt.core.model import BigramLanguageModel, CausalAverage, CausalSelfAttention
+from gpt.core.model import BigramLanguageModel, CausalAverage, CausalSelfAttention, GPTConfig
 from gpt.pretrain.ladder import LADDERS, main
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import check_config
@@ -52,7 +52,7 @@ def test_three_ways_to_average_the_past_agree_and_the_model_computes_the_same():
 
 
 def test_attention_whose_scores_are_all_zero_is_the_average():
-    attention = CausalSelfAttention(n_embd=8, n_head=2, dropout=0.0, bias=False)
+    attention = CausalSelfAttention(GPTConfig(VOCAB, block_size=6, n_layer=1, n_head=2, n_embd=8))
     with torch.no_grad():
         attention.c_attn.weight[:8] = 0  # the queries: every query·key score is 0
     x = torch.randn(1, 6, 8)
@@ -61,7 +61,7 @@ def test_attention_whose_scores_are_all_zero_is_the_average():
 
 
 def test_attention_weights_are_those_the_forward_pass_uses():
-    attention = CausalSelfAttention(n_embd=8, n_head=2, dropout=0.0, bias=False)
+    attention = CausalSelfAttention(GPTConfig(VOCAB, block_size=6, n_layer=1, n_head=2, n_embd=8))
     x = torch.randn(3, 6, 8)
     _, _, v = attention._heads(x)
     heads = attention.weights(x) @ v  # (B, n_head, T, head_size)

@@ -91,7 +91,7 @@ def test_rope_attention_scores_depend_only_on_the_offset_between_positions():
         assert not torch.allclose(rotary(q, shift), rotary(q, 0))  # the rotation itself does move them
     assert not torch.allclose(rotary(q, 0) @ rotary(k, 5).transpose(-2, -1), scores)  # another offset: others
     # and inside the attention layer, with QK-norm: the heads at positions 100.. score as those at 0..
-    attention = CausalSelfAttention(n_embd=16, n_head=2, dropout=0.0, bias=False, rope=True, qk_norm=True)
+    attention = CausalSelfAttention(GPTConfig(20, **{**SHAPE, "n_embd": 16}, pos="rope", qk_norm=True))
     x = torch.randn(1, 6, 16)
     (q0, k0, _), (q1, k1, _) = attention._heads(x, 0), attention._heads(x, 100)
     torch.testing.assert_close(q1 @ k1.transpose(-2, -1), q0 @ k0.transpose(-2, -1), rtol=1e-4, atol=1e-4)

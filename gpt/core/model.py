@@ -196,20 +196,21 @@ class CausalSelfAttention(nn.Module):
     with the future masked to -inf; heads concatenated, then projected back into the residual stream.
     ``F.scaled_dot_product_attention`` computes exactly that in a fused kernel; ``weights`` spells it out.
 
-    ``rope``: queries and keys are rotated by their positions (``Rotary``) instead of the model adding learned
-    position embeddings. ``qk_norm``: queries and keys are RMS-normalised per head before that, so their dot
-    products (the attention logits) stay bounded however large the weights grow: softmax cannot saturate.
+    ``pos="rope"``: queries and keys are rotated by their positions (``Rotary``) instead of the model adding
+    learned position embeddings. ``qk_norm``: queries and keys are RMS-normalised per head before that, so their
+    dot products (the attention logits) stay bounded however large the weights grow: softmax cannot saturate.
     """
 
-    def __init__(self, n_embd, n_head, dropout, bias, rope=False, qk_norm=False):
+    def __init__(self, config: "GPTConfig"):
         super().__init__()
-        self.n_head = n_head
-        self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v of all heads in one matmul
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)  # the projection back into the residual stream
-        self.resid_dropout = nn.Dropout(dropout)
-        self.rotary = Rotary(n_embd // n_head) if rope else None
-        self.qk_norm = qk_norm
+        n_embd = config.n_embd
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=config.bias)  # q, k, v of all heads in one matmul
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)  # the projection back into the residual stream
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.rotary = Rotary(n_embd // config.n_head) if config.pos == "rope" else None
+        self.qk_norm = config.qk_norm
 
     def _heads(self, x, start=0):
         """q, k, v, each (B, n_head, T, head_size): the heads attend independently, in parallel.
@@ -262,12 +263,12 @@ class MLP(nn.Module):
     matrix and a 2/3 width to keep the parameter count).
     """
 
-    def __init__(self, n_embd, dropout, bias, activation="gelu"):
+    def __init__(self, config: "GPTConfig"):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.act = ACTIVATIONS[activation]()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.act = ACTIVATIONS[config.activation]()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -282,20 +283,14 @@ class Block(nn.Module):
     as the lecture does, what each one buys.
     """
 
-    def __init__(
-        self, n_embd, n_head, dropout, bias, mixer="attention", mlp=True, residual=True, layer_norm=True,
-        norm="layernorm", rope=False, qk_norm=False, activation="gelu",
-    ):  # fmt: skip
+    def __init__(self, config: "GPTConfig"):
         super().__init__()
-        make_norm = partial(NORMS[norm], n_embd, bias) if layer_norm else nn.Identity
+        make_norm = partial(NORMS[config.norm], config.n_embd, config.bias) if config.layer_norm else nn.Identity
         self.ln_1 = make_norm()
-        if mixer == "attention":
-            self.mixer = CausalSelfAttention(n_embd, n_head, dropout, bias, rope, qk_norm)
-        else:
-            self.mixer = CausalAverage()
-        self.ln_2 = make_norm() if mlp else None
-        self.mlp = MLP(n_embd, dropout, bias, activation) if mlp else None
-        self.residual = residual
+        self.mixer = CausalSelfAttention(config) if config.mixer == "attention" else CausalAverage()
+        self.ln_2 = make_norm() if config.mlp else None
+        self.mlp = MLP(config) if config.mlp else None
+        self.residual = config.residual
 
     def forward(self, x, cache=None):
         x = self._join(x, self.mixer(self.ln_1(x), cache))
@@ -362,30 +357,13 @@ class GPT(LanguageModel):
     def __init__(self, config: GPTConfig):
         super().__init__(config.block_size)
         self.config = config
-        n_embd, bias, rope = config.n_embd, config.bias, config.pos == "rope"
-        self.token_embedding = nn.Embedding(config.vocab_size, n_embd)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
         # RoPE puts positions into attention itself: no table, and no limit on the positions a rolling cache sees
-        self.position_embedding = None if rope else nn.Embedding(config.block_size, n_embd)
+        self.position_embedding = None if config.pos == "rope" else nn.Embedding(config.block_size, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
-            Block(
-                n_embd,
-                config.n_head,
-                config.dropout,
-                bias,
-                config.mixer,
-                config.mlp,
-                config.residual,
-                config.layer_norm,
-                config.norm,
-                rope,
-                config.qk_norm,
-                config.activation,
-            )
-            for _ in range(config.n_layer)
-        )
-        self.ln_f = NORMS[config.norm](n_embd, bias) if config.layer_norm else nn.Identity()
-        self.lm_head = nn.Linear(n_embd, config.vocab_size, bias=bias)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = NORMS[config.norm](config.n_embd, config.bias) if config.layer_norm else nn.Identity()
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
 
         if config.init == "lecture":
             self.apply(self._init_weights)
