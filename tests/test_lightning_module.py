@@ -1,8 +1,9 @@
 import lightning as L
 import pytest
 
+from gpt.core.schedules import lr_factor
 from gpt.pretrain.data import CharDataModule
-from gpt.pretrain.lightning_module import GPTModule, lr_factor
+from gpt.pretrain.lightning_module import GPTModule
 
 OPTIM = dict(lr=1e-2, weight_decay=0.1, betas=[0.9, 0.99], warmup_steps=5, decay_steps=40, min_lr=1e-3)
 MODELS = {

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from gpt.core.config import compose_config
 from gpt.core.errors import UserError
 from gpt.core.model import GPT, CausalSelfAttention, GPTConfig, Rotary
-from gpt.pretrain.lightning_module import GPTModule, lr_factor, wsd_factor
+from gpt.core.schedules import lr_factor, wsd_factor
+from gpt.pretrain.lightning_module import GPTModule
 
 from .conftest import run_script
 
