@@ -1,10 +1,10 @@
 """The LightningModules of the three stages after pre-training: SFT, reward model, PPO.
 
-Each builds its own model and shares only ``CheckpointedModule`` with pre-training's ``GPTModule``: its
-checkpoint records its kind (``sft``, ``reward``, ``ppo``), model config, vocabulary, run config and RNG
-states; AdamW with the warmup + cosine schedule of ``optim``; ``train/lr`` logging. The SFT and PPO checkpoints
-hold only the language model's weights (under ``model.``), the reward model's its ``RewardModel``; any of them
-loads with ``gpt.core.checkpoint.load_model``.
+Each builds its own model and stands, as pre-training's ``GPTModule`` does, on ``gpt.core.module``'s
+``CheckpointedModule``: its checkpoint records its kind (``sft``, ``reward``, ``ppo``), model config, vocabulary,
+run config and RNG states; AdamW with the warmup + cosine schedule of ``optim``; ``train/lr`` logging. The SFT
+and PPO checkpoints hold only the language model's weights (under ``model.``), the reward model's its
+``RewardModel``; any of them loads with ``gpt.core.checkpoint.load_model``.
 """
 
 import copy
@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from gpt.core.model import RewardModel, build_model, build_reward_model
+from gpt.core.module import CheckpointedModule
 from gpt.core.report import markdown_table
 from gpt.posttrain.qa import STOP, Rater, Rating
 from gpt.posttrain.rlhf import (
@@ -35,7 +36,6 @@ from gpt.posttrain.rlhf import (
     token_logprobs,
     whiten,
 )
-from gpt.pretrain.lightning_module import CheckpointedModule
 
 
 class SFTModule(CheckpointedModule):

@@ -21,11 +21,12 @@ from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError, invalid_config
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import full_config, model_problems
+from gpt.core.module import optim_problems
 from gpt.core.runs import latest
 from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.pretrain.callbacks import TrialPruning
 from gpt.pretrain.data import micro_batch_size
-from gpt.pretrain.lightning_module import GPTModule, optim_problems
+from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.plots import plot_losses
 from gpt.pretrain.sweeps import current_trial
 from gpt.pretrain.tracking import continue_metrics, write_result
