@@ -14,6 +14,7 @@ from gpt.core.errors import UserError, invalid_config
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import GPT, RewardModel
 from gpt.core.module import optim_problems
+from gpt.core.progress import StepProgressBar
 from gpt.core.runs import latest_or_refuse
 from gpt.core.tokenizer import CharTokenizer
 from gpt.core.trainer import instantiate_trainer, trainer_problems
@@ -21,7 +22,6 @@ from gpt.posttrain.qa import prompt_length
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
 from gpt.posttrain.rlhf import join, pairwise_accuracy
 from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule
-from gpt.pretrain.callbacks import StepProgressBar
 
 log = logging.getLogger(__name__)
 

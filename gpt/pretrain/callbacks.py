@@ -6,8 +6,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
 from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
@@ -260,25 +258,3 @@ class TrialPruning(L.Callback):
 
     def __getstate__(self):  # ddp_spawn pickles callbacks for its workers; an Optuna study does not pickle
         return {**vars(self), "trial": None}
-
-
-class StepProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, for a run counted in steps: one bar, "step" instead of "Epoch 0" (there are no
-    epochs), showing the train loss, the last val loss and tokens/s; validation draws no bars of its own."""
-
-    @property
-    def train_description(self) -> str:
-        return "step"
-
-    def on_train_epoch_start(self, trainer, *args):  # Lightning's, without its "Epoch N" description
-        self.train_progress_bar.reset(convert_inf(self.total_train_batches))
-        self.train_progress_bar.initial = 0
-
-    def init_sanity_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
-
-    def init_validation_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
-
-    def get_metrics(self, trainer, pl_module):
-        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
