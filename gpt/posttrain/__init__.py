@@ -1,2 +1,2 @@
 """After pre-training: Q/A data, SFT, the reward model, PPO, evaluation.
-Imports gpt.core and gpt.pretrain's data, never a job file."""
+Imports gpt.core, never gpt.pretrain or a job file."""

@@ -7,12 +7,12 @@ import torch
 from omegaconf import DictConfig
 
 from gpt.core.checkpoint import Checkpoint, load_model
+from gpt.core.corpus import fetch_corpus, read_text
 from gpt.core.errors import UserError
 from gpt.core.model import GPT
 from gpt.core.tokenizer import CharTokenizer
 from gpt.posttrain.qa import STOP, QAPair, Rater, extract_pairs
 from gpt.posttrain.rlhf import length_mask, pad_right, sample_answers
-from gpt.pretrain.data import CharDataModule, read_text
 
 
 @dataclass
@@ -24,13 +24,12 @@ class QAData:
 
 def load_qa(cfg: DictConfig) -> QAData:
     """The corpus's Q/A pairs, split like pre-training's text, and the rater."""
-    datamodule = CharDataModule(path=cfg.data.path, train_fraction=cfg.data.train_fraction)
-    datamodule.prepare_data()  # a missing file, or the download, fails here with a one-line error
-    text = read_text(datamodule.text_path)  # and a file that is not UTF-8 here
+    text_path = fetch_corpus(cfg.data.path)  # a missing file, or the download, fails here with a one-line error
+    text = read_text(text_path)  # and a file that is not UTF-8 here
     train, heldout = extract_pairs(text, cfg.data.train_fraction, cfg.qa.max_question_chars, cfg.qa.max_answer_chars)
     if not train or not heldout:
         raise UserError(
-            f"{datamodule.text_path} gives {len(train)} training and {len(heldout)} held-out question/answer "
+            f"{text_path} gives {len(train)} training and {len(heldout)} held-out question/answer "
             "pairs: it needs speeches (a 'NAME:' line, lines, a blank line) in both parts"
         )
     return QAData(train, heldout, Rater.from_text(text[: int(cfg.data.train_fraction * len(text))]))

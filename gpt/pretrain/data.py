@@ -1,20 +1,15 @@
 """Tiny Shakespeare (or any UTF-8 text) as a LightningDataModule of random character chunks."""
 
 import itertools
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from gpt.core.corpus import TINY_SHAKESPEARE_URL, corpus_file, fetch_corpus, read_text
 from gpt.core.errors import UserError
 from gpt.core.tokenizer import CharTokenizer
-
-TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-PROJECT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
@@ -43,16 +38,6 @@ def micro_batch_size(batch_size: int, world_size: int, accumulation: int) -> int
             f"x trainer.accumulate_grad_batches = {world_size} x {accumulation}; change one of them"
         )
     return micro
-
-
-def read_text(path: Path) -> str:
-    """The corpus file's text, or a one-line error if it is missing or not UTF-8."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"data file {path} does not exist: run prepare_data() first") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 class RandomBatches:
@@ -109,9 +94,7 @@ class CharDataModule(L.LightningDataModule):
         device_batches: bool = True,
     ):
         super().__init__()
-        self.path = Path(path).expanduser() if path else None
-        self.url = url
-        self.data_dir = Path(data_dir) if data_dir else PROJECT_DATA_DIR
+        self.path, self.url, self.data_dir = path, url, data_dir  # the corpus: gpt.core.corpus
         self.block_size, self.batch_size = block_size, batch_size
         self.train_fraction = train_fraction
         self.eval_chunks, self.eval_seed, self.seed = eval_chunks, eval_seed, seed
@@ -121,28 +104,10 @@ class CharDataModule(L.LightningDataModule):
     @property
     def text_path(self) -> Path:
         """The local file given by the user, or where the download goes."""
-        return self.path or self.data_dir / Path(self.url).name
+        return corpus_file(self.path, self.url, self.data_dir)
 
     def prepare_data(self):
-        if self.path is not None:
-            if not self.path.is_file():
-                raise UserError(f"data file {self.path} does not exist: fix data.path (or GPT_DATA_PATH)")
-            return
-        target = self.text_path
-        if target.is_file():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # one per process: ranks may race here
-        try:
-            with urllib.request.urlopen(self.url, timeout=30) as response, open(partial, "wb") as out:
-                out.write(response.read())
-        except (urllib.error.URLError, OSError) as err:
-            partial.unlink(missing_ok=True)
-            raise UserError(
-                f"could not download {self.url} ({err}); with no network, pass a local copy: "
-                f"data.path=/path/to/input.txt or GPT_DATA_PATH=/path/to/input.txt"
-            ) from None
-        partial.replace(target)  # atomic: a failed download never leaves a half-written corpus behind
+        fetch_corpus(self.path, self.url, self.data_dir)
 
     def setup(self, stage=None):
         if self.tokenizer is not None:  # train.py sets up early to learn the vocabulary; Lightning calls again
