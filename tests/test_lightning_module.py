@@ -1,7 +1,6 @@
 import lightning as L
 import pytest
 
-from gpt.core.schedules import lr_factor
 from gpt.pretrain.data import CharDataModule
 from gpt.pretrain.lightning_module import GPTModule
 
@@ -10,17 +9,6 @@ MODELS = {
     "bigram": dict(arch="bigram", block_size=16),
     "gpt": dict(arch="gpt", block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False),
 }
-
-
-def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
-    factor = lambda step: lr_factor(step, warmup_steps=10, decay_steps=110, min_lr_ratio=0.1)  # noqa: E731
-    warmup = [factor(s) for s in range(11)]
-    assert warmup[0] == pytest.approx(1 / 11) and warmup[10] == pytest.approx(1.0)
-    assert all(b - a == pytest.approx(1 / 11) for a, b in zip(warmup[:10], warmup[1:10]))
-    assert factor(60) == pytest.approx(0.55)  # halfway down the cosine: halfway between 1 and 0.1
-    decay = [factor(s) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(decay, decay[1:]))
-    assert factor(110) == factor(1000) == pytest.approx(0.1)
 
 
 def test_weight_decay_applies_to_matrices_only():

@@ -1,5 +1,6 @@
-"""Past the lecture: the model's modern switches, the optimizer settings, the WSD schedule, the rolling KV cache,
-and the lecture's recipes pinned so that none of these moves their losses (Muon: tests/test_muon.py)."""
+"""Past the lecture: the model's modern switches, the optimizer settings, the schedule setting, and the lecture's
+recipes pinned so that none of these moves their losses (Muon: tests/test_muon.py; the WSD schedule:
+tests/test_schedules.py; the rolling KV cache: tests/test_generation.py)."""
 
 import lightning as L
 import pytest
@@ -147,17 +148,6 @@ def test_bad_optimizer_settings_are_refused_before_training(bad, message):
 # --- the WSD schedule -----------------------------------------------------------------------------------------
 
 
-def test_wsd_warms_up_holds_the_peak_then_decays_linearly_to_min_lr():
-    wsd = lambda step: wsd_factor(step, warmup_steps=10, decay_steps=110, min_lr_ratio=0.1, decay_fraction=0.2)  # noqa: E731
-    cosine = lambda step: lr_factor(step, warmup_steps=10, decay_steps=110, min_lr_ratio=0.1)  # noqa: E731
-    assert [wsd(s) for s in range(10)] == [cosine(s) for s in range(10)]  # the same warmup
-    assert all(wsd(s) == 1.0 for s in range(10, 89))  # the stable phase, up to the last 22 steps (20% of 110)
-    assert wsd(88) == 1.0 and wsd(99) == pytest.approx(1 - 11 / 22 * 0.9)  # linear from step 88 ...
-    assert wsd(109) == pytest.approx(1 - 21 / 22 * 0.9) and wsd(110) == 0.1 == wsd(10**6)  # ... to min_lr, flat
-    steps = [wsd(s) for s in range(88, 111)]
-    assert all(a > b for a, b in zip(steps, steps[1:]))
-
-
 def test_schedule_setting_picks_the_function_for_either_optimizer():
     for optim in ({**MUON, "warmup_steps": 2, "decay_steps": 10}, {**MUON, "name": "adamw", "decay_steps": 10}):
         module = GPTModule({"arch": "gpt", **SHAPE}, {**optim, "schedule": "wsd", "decay_fraction": 0.5}, VOCAB)
@@ -168,52 +158,6 @@ def test_schedule_setting_picks_the_function_for_either_optimizer():
 
 
 # --- the rolling KV cache -------------------------------------------------------------------------------------
-
-
-def rope_gpt(n_layer=2):
-    return GPT(GPTConfig(20, **{**SHAPE, "n_layer": n_layer}, pos="rope", qk_norm=True)).eval()
-
-
-@pytest.mark.parametrize("prompt_length", [1, 7])
-@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_k": 5}, {"temperature": 0}])
-def test_rolling_cache_samples_exactly_the_uncached_characters_within_block_size(prompt_length, sampling):
-    torch.manual_seed(prompt_length)
-    model = rope_gpt()
-    prompt = torch.randint(20, (2, prompt_length))
-    outputs = [
-        model.generate(prompt, 40, generator=torch.Generator().manual_seed(7), use_cache=use_cache, **sampling)
-        for use_cache in (True, False)
-    ]
-    assert torch.equal(outputs[0][:, :16], outputs[1][:, :16])  # past block_size they may differ, by design
-
-
-def test_rolling_cache_keeps_the_last_window_past_block_size():
-    # One layer: its keys and values depend on the token alone (RoPE adds no position to the input), so the
-    # rolled cache and the uncached cropped window hold the same keys, and give the same logits at every length.
-    torch.manual_seed(0)
-    model = rope_gpt(n_layer=1)
-    idx = torch.randint(20, (2, 40))
-    cache = model.new_cache()
-    with torch.no_grad():
-        cached = [model(idx[:, :5], cache=cache)[0][:, -1]]
-        cached += [model(idx[:, t : t + 1], cache=cache)[0][:, -1] for t in range(5, 40)]
-        uncached = [model(idx[:, max(0, t - 15) : t + 1])[0][:, -1] for t in range(4, 40)]
-    assert cache.length == 40
-    torch.testing.assert_close(torch.stack(cached), torch.stack(uncached), rtol=1e-4, atol=1e-5)
-    deep = rope_gpt(n_layer=2)  # with two layers the keys carry context the cropped window lacks: they differ
-    cache = deep.new_cache()
-    with torch.no_grad():
-        for t in range(0, 40):
-            logits = deep(idx[:, t : t + 1], cache=cache)[0][:, -1]
-        assert not torch.allclose(logits, deep(idx[:, -16:])[0][:, -1], atol=1e-4)
-
-
-def test_rolling_cache_feeds_one_position_per_token_at_any_length():
-    model = rope_gpt(n_layer=1)
-    fed = []
-    model.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
-    model.generate(torch.zeros((1, 20), dtype=torch.long), 30)  # a prompt already longer than block_size
-    assert fed == [16] + [1] * 29  # the prompt's last window once, then one token per step
 
 
 # --- the lecture's recipes ------------------------------------------------------------------------------------
