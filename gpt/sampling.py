@@ -41,7 +41,7 @@ def save_attention_map(model, tokenizer, prompt_ids: list[int], path: str, layer
     # Imported only for this, and without pyplot: no GUI backend, no global figure state.
     from matplotlib.figure import Figure
 
-    chars = [{" ": "␣", "\n": "\\n"}.get(c, c) for c in tokenizer.decode(prompt_ids)]
+    chars = [{" ": "␣", "\n": "\\n"}.get(c, c) for c in map(tokenizer.decode, ([i] for i in prompt_ids))]
     size = min(2 + 0.25 * len(chars), 16)
     fig = Figure(figsize=(size + 1.5, size), layout="constrained")
     ax = fig.subplots()
@@ -88,10 +88,11 @@ def sample(cfg: DictConfig) -> None:
     for i in range(cfg.num_samples):
         if i:
             print("\n" + "-" * 40)
-        sys.stdout.write(tokenizer.decode(start))
+        decode = tokenizer.stream_decoder()  # a byte-level model's characters may take several tokens
+        sys.stdout.write(decode(start))
         idx = torch.tensor([start], device=device)
         for token in model.generate_stream(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k):
-            sys.stdout.write(tokenizer.decode(token[0].tolist()))
+            sys.stdout.write(decode(token[0].tolist()))
             sys.stdout.flush()
     print()
 

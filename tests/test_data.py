@@ -1,9 +1,11 @@
 import os
+import pickle
 
 import pytest
 import torch
 
 from gpt.core.errors import UserError
+from gpt.core.tokenizer import CharTokenizer
 from gpt.pretrain.data import CharDataModule, RandomBatches, get_batch
 
 
@@ -20,7 +22,35 @@ def test_split_is_first_90_percent_train_last_10_percent_val(corpus_path):
     n_train = int(0.9 * len(text))
     assert dm.tokenizer.decode(dm.train_data.tolist()) == text[:n_train]
     assert dm.tokenizer.decode(dm.val_data.tolist()) == text[n_train:]
-    assert dm.train_data.dtype == torch.long
+    assert dm.train_data.dtype == torch.uint8  # the token file's dtype; batches are int64
+
+
+def test_mapped_tokens_give_the_batches_of_the_in_memory_corpus(corpus_path):
+    """The token file changes how the corpus is stored, not a batch: the same vocabulary, split point, training
+    batches and eval chunks as the whole text encoded into one int64 tensor (the data module before token files)."""
+    text = corpus_path.read_text()
+    tokenizer = CharTokenizer.from_text(text)
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    n_train = int(0.9 * len(data))
+    train, val = data[:n_train], data[n_train:]
+    dm = make_datamodule(corpus_path, seed=3)
+    assert dm.tokenizer.chars == tokenizer.chars
+    in_memory = RandomBatches(train, 16, 4, seed=(3, 0))
+    for _, (x, y), (old_x, old_y) in zip(range(20), dm.train_dataloader(), in_memory):
+        assert x.dtype == torch.long and torch.equal(x, old_x) and torch.equal(y, old_y)
+    generator = torch.Generator().manual_seed(0)
+    for split, loader in zip((val, train), dm.val_dataloader()):
+        x, y = get_batch(split, 16, 10, generator.manual_seed(0))
+        assert torch.equal(loader.dataset.tensors[0], x) and torch.equal(loader.dataset.tensors[1], y)
+
+
+def test_ddp_spawn_sends_no_corpus_to_its_workers(corpus_path):
+    dm = make_datamodule(corpus_path)
+    pickled = pickle.dumps(dm)
+    assert len(pickled) < corpus_path.stat().st_size / 10  # the settings, not the tokens
+    worker = pickle.loads(pickled)
+    worker.setup("fit")  # the worker maps the token file itself
+    assert torch.equal(worker.train_data, dm.train_data) and worker.tokenizer.chars == dm.tokenizer.chars
 
 
 def test_train_fraction_is_configurable(corpus_path):
@@ -109,3 +139,45 @@ def test_tiny_shakespeare_has_the_lecture_vocabulary_and_split():
     assert dm.tokenizer.vocab_size == 65
     assert dm.tokenizer.chars[0] == "\n"
     assert (len(dm.train_data), len(dm.val_data)) == (1_003_854, 111_540)
+
+
+def test_split_boundaries_in_tokens_and_a_test_split_read_whole_in_consecutive_chunks(corpus_path):
+    text = corpus_path.read_text()
+    n = len(text)
+    dm = make_datamodule(corpus_path, train_fraction=None, val_start=n - 3000, test_start=n - 1000, batch_size=8)
+    decode = dm.tokenizer.decode
+    assert decode(dm.train_data.tolist()) == text[: n - 3000]
+    assert decode(dm.val_data.tolist()) == text[n - 3000 : n - 1000]
+    assert decode(dm.test_data.tolist()) == text[n - 1000 :]
+    inputs, targets = zip(*dm.test_dataloader(), strict=True)
+    x, y = torch.cat(inputs), torch.cat(targets)
+    assert x.dtype == torch.long and len(x) == 999 // 16  # every whole chunk of 16 targets after the first token
+    assert decode(y.flatten().tolist()) == text[n - 999 : n - 999 + len(x) * 16]  # each target once, in order
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_each_device_tests_its_share_of_equally_many_chunks(corpus_path):
+    dm = make_datamodule(corpus_path, test_start=len(corpus_path.read_text()) - 1000, batch_size=6)
+    shares = []
+    for rank in range(3):
+        dm._world = lambda rank=rank: (rank, 3, 1)  # as the trainer of a 3-device run tells each rank
+        shares.append(torch.cat([x for x, _ in dm.test_dataloader()]))
+    assert [len(share) for share in shares] == [20, 20, 20]  # 62 chunks: the last 2 would make the ranks uneven
+    whole = torch.stack(shares, dim=1).flatten(0, 1)  # chunk i is on rank i % 3
+    assert torch.equal(whole[:, 0], dm.test_data[torch.arange(60) * 16].long())
+
+
+@pytest.mark.parametrize(
+    "splits, message",
+    [(lambda n: {"train_fraction": None, "val_start": n}, r"val_start=\d+ and data.test_start=\d+ must satisfy"),
+     (lambda n: {"test_start": n + 5}, "must satisfy val_start < test_start <= its length"),
+     (lambda n: {"test_start": n - 10}, r"the test split has 10 tokens but a chunk needs block_size \+ 1 = 17")],
+)  # fmt: skip
+def test_split_boundaries_that_cannot_work_are_refused_in_one_line(corpus_path, splits, message):
+    with pytest.raises(UserError, match=message):
+        make_datamodule(corpus_path, **splits(len(corpus_path.read_text())))
+
+
+def test_a_corpus_without_a_test_split_says_how_to_hold_one_out(corpus_path):
+    with pytest.raises(UserError, match="no test split: set data.test_start"):
+        make_datamodule(corpus_path).test_dataloader()

@@ -33,7 +33,7 @@ from torch import nn
 
 from gpt.core.errors import UserError
 from gpt.core.model import build_model, build_reward_model
-from gpt.core.tokenizer import CharTokenizer
+from gpt.core.tokenizer import ByteTokenizer, CharTokenizer, tokenizer_for
 
 KIND_KEY = "kind"  # the checkpoint key under which the kind is recorded
 # kind: (what the file is, what writes it)
@@ -149,7 +149,7 @@ def read_exported(folder: Path) -> Checkpoint:
 
 def load_model(
     source, device="cpu", *, kinds: Iterable[str] = LANGUAGE_MODELS, job: str = "this job"
-) -> tuple[nn.Module, CharTokenizer]:
+) -> tuple[nn.Module, CharTokenizer | ByteTokenizer]:
     """Rebuild the model (in eval mode, on ``device``) and its tokenizer from a checkpoint of one of ``kinds``.
 
     ``source`` is a path or a ``Checkpoint`` already read. A language model for pretrained, sft and ppo; a
@@ -157,7 +157,7 @@ def load_model(
     """
     checkpoint = source if isinstance(source, Checkpoint) else read_checkpoint(source)
     checkpoint.require(kinds, job)
-    tokenizer = CharTokenizer(checkpoint.vocab)
+    tokenizer = tokenizer_for(checkpoint.vocab)
     build = build_reward_model if checkpoint.kind == "reward" else build_model
     try:
         model = build(vocab_size=tokenizer.vocab_size, **checkpoint.model_config)

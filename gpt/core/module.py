@@ -15,7 +15,7 @@ from gpt.core.errors import UserError, invalid_config
 from gpt.core.model import full_config
 from gpt.core.muon import NS_DTYPES, MuonWithAdamW
 from gpt.core.schedules import SCHEDULES, lr_factor, wsd_factor
-from gpt.core.tokenizer import CharTokenizer
+from gpt.core.tokenizer import tokenizer_for
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class CheckpointedModule(L.LightningModule):
         )
         self.run_config = run_config
         self.seed = seed  # of each rank's dropout stream (the weights are drawn before, the batches elsewhere)
-        self.tokenizer = CharTokenizer(vocab)
+        self.tokenizer = tokenizer_for(vocab)
 
     def configure_optimizers(self):
         """AdamW over ``self.model``, its schedule stepped once per optimizer step (GPTModule adds Muon)."""

@@ -10,7 +10,7 @@ from gpt.core.checkpoint import Checkpoint, load_model
 from gpt.core.corpus import fetch_corpus, read_text
 from gpt.core.errors import UserError
 from gpt.core.model import GPT
-from gpt.core.tokenizer import CharTokenizer
+from gpt.core.tokenizer import ByteTokenizer, CharTokenizer
 from gpt.posttrain.qa import STOP, QAPair, Rater, extract_pairs
 from gpt.posttrain.rlhf import length_mask, pad_right, sample_answers
 
@@ -63,6 +63,10 @@ def load_policy(checkpoint: Checkpoint, kinds, job: str, device="cpu") -> tuple[
     if not isinstance(model, GPT):
         raise UserError(
             f"{checkpoint.path} holds a {type(model).__name__}; fine-tuning needs a GPT (model=tiny or larger)"
+        )
+    if isinstance(tokenizer, ByteTokenizer):  # the Q/A data counts answers in characters
+        raise UserError(
+            f"{checkpoint.path} is a byte-level model (data.tokenizer=byte): post-training needs a character-level one"
         )
     if STOP not in tokenizer.stoi:
         raise UserError(f"{checkpoint.path}: its vocabulary has no newline, the stop character of answers")

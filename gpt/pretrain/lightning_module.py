@@ -1,6 +1,7 @@
 """GPTModule: pre-trains any model of gpt.core.model with AdamW (or Muon + AdamW) and a warmup + cosine (or
 warmup-stable-decay) schedule, on the shared base of gpt.core.module."""
 
+import math
 import time
 
 import torch
@@ -75,6 +76,16 @@ class GPTModule(CheckpointedModule):
         _, loss = self.model(x, y)
         name = ("val/loss", "train/loss_eval")[dataloader_idx]
         self.log(name, loss, add_dataloader_idx=False, prog_bar=dataloader_idx == 0, sync_dist=True)
+        if dataloader_idx == 0:
+            self.log("val/bpc", loss / math.log(2), add_dataloader_idx=False, sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        # Bits per character (per token: per byte for tokenizer=byte, as enwik8's results are reported) = nats / ln 2,
+        # averaged over the batches' tokens: the batches are of one size but perhaps the last.
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.log("test/loss", loss, sync_dist=True)
+        self.log("test/bpc", loss / math.log(2), sync_dist=True)
 
     def on_fit_start(self):
         self.fit_started = time.perf_counter()

@@ -1,6 +1,7 @@
 """The training job behind train.py: check the config, build data, model and trainer, fit, report."""
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from gpt.pretrain.data import micro_batch_size
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.plots import plot_losses
 from gpt.pretrain.sweeps import current_trial
+from gpt.pretrain.tokens import TOKENIZERS
 from gpt.pretrain.tracking import continue_metrics, write_result
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,21 @@ def check_config(cfg: DictConfig) -> None:
             problems.append(message)
 
     require(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be >= 1")
-    require(0 < data.train_fraction < 1, f"data.train_fraction={data.train_fraction} must be in (0, 1)")
+    require(data.tokenizer in TOKENIZERS, f"data.tokenizer={data.tokenizer} is not one of {list(TOKENIZERS)}")
+    if data.val_start is None:
+        fraction = data.train_fraction
+        require(fraction is not None and 0 < fraction < 1, f"data.train_fraction={fraction} must be in (0, 1)")
+    else:
+        require(
+            data.train_fraction is None,
+            f"data.val_start={data.val_start} fixes the split: set data.train_fraction=null (or data.val_start=null)",
+        )
+        require(data.val_start >= 1, f"data.val_start={data.val_start} must be >= 1")
+    if data.test_start is not None and data.val_start is not None:
+        require(
+            data.test_start > data.val_start,
+            f"data.test_start={data.test_start} must be after data.val_start={data.val_start}",
+        )
     require(data.eval_chunks >= 1, f"data.eval_chunks={data.eval_chunks} must be >= 1")
     problems += optim_problems(optim)
     require(
@@ -301,15 +317,26 @@ def train(cfg: DictConfig) -> float:
             f"{STOPPED_EARLY} (every trainer.val_check_interval={cfg.trainer.val_check_interval} steps), so it wrote "
             "no checkpoint: give it more time (trainer.max_time) or validate sooner"
         )
+    tested = {}
+    if datamodule.test_data is not None:  # once, with the best checkpoint: the test split never chooses one
+        [tested] = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best.best_model_path, weights_only=True, verbose=False
+        )
     if trainer.is_global_zero:
         model, tokenizer = load_model(best.best_model_path, module.device, kinds=("pretrained",), job="train.py")
         idx = torch.tensor([tokenizer.prompt_ids()], device=module.device)
         sample = tokenizer.decode(model.generate(idx, 300)[0].tolist())
         log.info(f"sample from the best checkpoint:{sample}")
         log.info(f"best val loss {best.best_model_score:.4f}, checkpoint {best.best_model_path}")
+        test = {}
+        if tested:
+            test = {"test_loss": tested["test/loss"], "test_bpc": tested["test/bpc"]}
+            log.info(f"test loss {test['test_loss']:.4f}, {test['test_bpc']:.4f} bits per character")
         result = write_result(  # what a sweep's summary reads
             cfg.output_dir,
             best_val_loss=float(best.best_model_score),
+            best_val_bpc=float(best.best_model_score) / math.log(2),
+            **test,
             best_checkpoint=best.best_model_path,
             steps=trainer.global_step,
             params=sum(p.numel() for p in module.model.parameters()),
