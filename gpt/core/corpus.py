@@ -1,8 +1,11 @@
-"""The text every job reads: a local UTF-8 file, or Tiny Shakespeare downloaded once into the project's data/."""
+"""The text every job reads: a local file, or one downloaded once into the project's data/ (Tiny Shakespeare by
+default; enwik8 and text8 come as zip archives, unpacked once)."""
 
 import os
+import shutil
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from gpt.core.errors import UserError
@@ -16,7 +19,8 @@ def corpus_file(path: str | None = None, url: str = TINY_SHAKESPEARE_URL, data_d
     by default the project's data/ folder."""
     if path:
         return Path(path).expanduser()
-    return (Path(data_dir) if data_dir else PROJECT_DATA_DIR) / Path(url).name
+    name = Path(url).name
+    return (Path(data_dir) if data_dir else PROJECT_DATA_DIR) / name.removesuffix(".zip")
 
 
 def fetch_corpus(path: str | None = None, url: str = TINY_SHAKESPEARE_URL, data_dir: str | None = None) -> Path:
@@ -33,15 +37,40 @@ def fetch_corpus(path: str | None = None, url: str = TINY_SHAKESPEARE_URL, data_
     partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # one per process: ranks may race here
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            out.write(response.read())
+            shutil.copyfileobj(response, out)  # in pieces: enwik8's archive is 36 MB
     except (urllib.error.URLError, OSError) as err:
         partial.unlink(missing_ok=True)
         raise UserError(
             f"could not download {url} ({err}); with no network, pass a local copy: "
-            f"data.path=/path/to/input.txt or GPT_DATA_PATH=/path/to/input.txt"
+            f"data.path=/path/to/{target.name} (or GPT_DATA_PATH for the default corpus)"
         ) from None
-    partial.replace(target)  # atomic: a failed download never leaves a half-written corpus behind
+    try:
+        if url.endswith(".zip"):
+            unzip(partial, url)
+        partial.replace(target)  # atomic: a failed download never leaves a half-written corpus behind
+    finally:
+        partial.unlink(missing_ok=True)
     return target
+
+
+def unzip(path: Path, url: str) -> None:
+    """Replace the zip archive ``path`` (downloaded from ``url``) by the one file it holds, as enwik8.zip and
+    text8.zip hold theirs."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if len(members) != 1:
+                raise UserError(f"{url} holds {len(members)} files; a corpus archive holds one")
+            unpacked = path.with_name(path.name + ".unzipped")
+            try:
+                with archive.open(members[0]) as member, open(unpacked, "wb") as out:
+                    shutil.copyfileobj(member, out)
+            except BaseException:
+                unpacked.unlink(missing_ok=True)
+                raise
+    except zipfile.BadZipFile:
+        raise UserError(f"{url} is not a zip archive (or its download was cut short): run again") from None
+    unpacked.replace(path)
 
 
 def read_text(path: Path) -> str:
