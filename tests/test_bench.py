@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from gpt.bench import throughput
 from gpt.bench.race import time_at_target
 
-from .conftest import ROOT, run_script
+from .conftest import ROOT, TINY_RUN, run_script
 
 
 def test_mfu_is_model_flops_per_second_over_the_peak_by_hand():
@@ -79,3 +79,23 @@ def test_the_sweep_benchmark_runs_a_study_and_reports_it(corpus_path, tmp_path):
     header, _, row = result.stdout.strip().splitlines()[-3:]
     assert header.startswith("| pruner | trials | wall time (s) | optimizer steps trained | best val loss |")
     assert row.startswith("| none | 2 complete | ") and "| 8 of 8 |" in row
+
+
+def test_data_benchmark_prepares_a_corpus_and_measures_each_process(corpus_path, tmp_path):
+    out = tmp_path / "databench"
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt.bench.data", "--size-mb", "0.3", "--steps", "2", "--out", str(out),
+         "--source", str(corpus_path), *TINY_RUN[1:]],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    bench = json.loads((out / "data_bench.json").read_text())
+    assert 0.29 < bench["size_mb"] <= 0.3 and bench["mb_per_s"] > 0
+    runs = {(run["corpus"], run["devices"]): run for run in bench["runs"]}
+    assert set(runs) == {(corpus, devices) for corpus in ("default corpus", "0.3 MB") for devices in (1, 2)}
+    for run in runs.values():
+        assert len(run["peak_rss_mb"]) == run["devices"] and 0 < run["start_s"] < run["wall_s"]
+        # the split of the resident memory at the end, read after the peak (which the kernel updates lazily)
+        assert all(own > 0 and 0 < file < own + file <= 1.1 * peak for own, file, peak in zip(
+            run["rss_anon_mb"], run["rss_file_mb"], run["peak_rss_mb"], strict=True))  # fmt: skip
+    assert "| 0.3 MB | 2 |" in result.stdout and sorted(p.name for p in out.iterdir()) == ["data_bench.json"]

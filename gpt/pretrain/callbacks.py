@@ -181,15 +181,33 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
+def resident_memory_mb() -> dict:
+    """This process's resident memory now, in MB, as Linux splits it (else {}): ``rss_anon_mb``, its own
+    (tensors, the model, Python), and ``rss_file_mb``, pages of files it maps (a token file's pages that batches
+    touched: shared with every process that maps the file, and given back whenever memory runs short)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in status.splitlines() if line.startswith(("RssAnon", "RssFile")))
+    return {f"{key.lower()[:3]}_{key[3:].lower()}_mb": int(value.split()[0]) / 1024 for key, value in fields.items()}
+
+
 class PeakMemory(L.Callback):
-    """At the end of training, each rank writes its peak memory (``peak_memory_mb``) to
-    ``peak_memory_rank<r>.json`` in the run folder. Not in the default callbacks: the benchmarks add it to a
-    train.py run with ``+callbacks.peak_memory._target_=gpt.pretrain.callbacks.PeakMemory`` and read the files
-    (``gpt.bench.race.read_run``)."""
+    """At the end of training, each rank writes its peak memory (``peak_memory_mb``), its resident memory then
+    (``resident_memory_mb``), and when its training began
+    (``time.time()``: a benchmark that started the process tells its start-up cost) to ``peak_memory_rank<r>.json``
+    in the run folder. Not in the default callbacks: the benchmarks add it to a train.py run with
+    ``+callbacks.peak_memory._target_=gpt.pretrain.callbacks.PeakMemory`` and read the files
+    (``gpt.bench.race.read_run``, ``gpt.bench.data``)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.train_started = time.time()
 
     def on_train_end(self, trainer, pl_module):
         device = pl_module.device
-        record = {"device": device.type, "peak_memory_mb": peak_memory_mb(device)}
+        record = {"device": device.type, "peak_memory_mb": peak_memory_mb(device), "train_started": self.train_started}
+        record.update(resident_memory_mb())
         path = Path(trainer.default_root_dir) / f"peak_memory_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(record))
 
