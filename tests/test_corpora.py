@@ -65,3 +65,14 @@ def test_a_byte_level_model_trains_on_any_file_and_samples_text(tmp_path):
 def test_bad_split_and_tokenizer_settings_are_refused_at_start_up(corpus_path, tmp_path, overrides, message):
     out = run_script("train.py", *RUN, f"data.path={corpus_path}", f"hydra.run.dir={tmp_path}", *overrides)
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_two_ddp_processes_test_the_same_chunks_as_one(tested_run, corpus_path, tmp_path):
+    """Each device tests its share of the split; the mean over the devices is the whole split's (124 chunks, an
+    even count: none left out), as test.py measures it on one device from the same checkpoint."""
+    test_start = len(corpus_path.read_text()) - 2000
+    train(tmp_path / "ddp", corpus_path, *RUN, "trainer.devices=2", f"data.test_start={test_start}")
+    result = yaml.safe_load((tmp_path / "ddp" / "result.yaml").read_text())
+    out = run_script("test.py", f"ckpt={result['best_checkpoint']}", "device=cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"test loss {result['test_loss']:.4f}," in out.stdout and "(1,984 tokens of" in out.stdout
