@@ -55,6 +55,7 @@ def qa_corpus(tmp_path_factory):
 def pretrained(qa_corpus, tmp_path_factory):
     """A tiny GPT pre-trained for 60 steps: it has seen the corpus's words, not the Q/A format."""
     datamodule = CharDataModule(path=str(qa_corpus), block_size=32, batch_size=16, eval_chunks=16)
+    datamodule.prepare_data()
     datamodule.setup()
     torch.manual_seed(0)  # the weights and batches, whichever tests ran before
     module = GPTModule(MODEL, OPTIM, datamodule.tokenizer.chars)
