@@ -2,6 +2,7 @@
 bits per character beside the loss, byte-level models."""
 
 import math
+import re
 
 import pytest
 import yaml
@@ -47,8 +48,10 @@ def test_test_py_evaluates_any_checkpoint_on_its_runs_test_split(tested_run, cor
 def test_a_byte_level_model_trains_on_any_file_and_samples_text(tmp_path):
     corpus = tmp_path / "unicode.txt"
     corpus.write_text(make_corpus(400).replace("o", "ö").replace("e", "東"), encoding="utf-8")
-    console = train(tmp_path / "run", corpus, *RUN, "data.tokenizer=byte")
-    assert "bits per character" not in console  # no test split: nothing tested
+    console = train(
+        tmp_path / "run", corpus, *RUN, "data.tokenizer=byte", f"data.test_start={corpus.stat().st_size - 500}"
+    )
+    assert re.search(r"test loss [\d.]+, [\d.]+ bits per byte\n", console)  # per byte, as it says
     checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
     assert checkpoint.vocab == BYTE_VOCAB and checkpoint.state_dict["token_embedding.weight"].shape[0] == 256
     out = run_script("sample.py", f"ckpt={checkpoint.path}", "max_new_tokens=300", "prompt=RÖMEO:")

@@ -134,6 +134,11 @@ class CharDataModule(L.LightningDataModule):
         self.test_data = None
 
     @property
+    def unit(self) -> str:
+        """What a token is, for a person: the unit of bits per character (bpc) on this corpus."""
+        return "byte" if self.tokenizer_name == "byte" else "character"
+
+    @property
     def text_path(self) -> Path:
         """The local file given by the user, or where the download goes."""
         return corpus_file(self.path, self.url, self.data_dir)

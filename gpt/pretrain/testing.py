@@ -45,9 +45,8 @@ def test(cfg: DictConfig) -> dict:
     [tested] = trainer.test(module, datamodule=datamodule, verbose=False)
     result = {"test_loss": tested["test/loss"], "test_bpc": tested["test/bpc"]}
     tokens = len(datamodule.test_dataloader().dataset) * datamodule.block_size
-    unit = "byte" if datamodule.tokenizer_name == "byte" else "character"
     print(
-        f"{Path(checkpoint.path)}: test loss {result['test_loss']:.4f}, {result['test_bpc']:.4f} bits per {unit} "
-        f"({tokens:,} tokens of {datamodule.text_path})"
+        f"{Path(checkpoint.path)}: test loss {result['test_loss']:.4f}, {result['test_bpc']:.4f} bits per "
+        f"{datamodule.unit} ({tokens:,} tokens of {datamodule.text_path})"
     )
     return result

@@ -331,7 +331,7 @@ def train(cfg: DictConfig) -> float:
         test = {}
         if tested:
             test = {"test_loss": tested["test/loss"], "test_bpc": tested["test/bpc"]}
-            log.info(f"test loss {test['test_loss']:.4f}, {test['test_bpc']:.4f} bits per character")
+            log.info(f"test loss {test['test_loss']:.4f}, {test['test_bpc']:.4f} bits per {datamodule.unit}")
         result = write_result(  # what a sweep's summary reads
             cfg.output_dir,
             best_val_loss=float(best.best_model_score),
