@@ -45,6 +45,13 @@ def test_test_py_evaluates_any_checkpoint_on_its_runs_test_split(tested_run, cor
     assert out.returncode == 1 and "gives another vocabulary than" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_test_py_on_a_run_without_a_test_split_says_how_to_hold_one_out(corpus_path, tmp_path):
+    train(tmp_path / "run", corpus_path, *RUN)
+    out = run_script("test.py", f"ckpt={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.strip().endswith("was trained without a test split: train with "
+                                                               "data.test_start=<token> to hold one out")  # fmt: skip
+
+
 def test_a_byte_level_model_trains_on_any_file_and_samples_text(tmp_path):
     corpus = tmp_path / "unicode.txt"
     corpus.write_text(make_corpus(400).replace("o", "ö").replace("e", "東"), encoding="utf-8")

@@ -26,6 +26,10 @@ def test(cfg: DictConfig) -> dict:
     if not data:
         raise UserError(f"{checkpoint.path} does not record the data it was trained on; it predates test splits")
     data.pop("_target_", None)
+    if data.get("test_start") is None:
+        raise UserError(
+            f"{checkpoint.path} was trained without a test split: train with data.test_start=<token> to hold one out"
+        )
     if cfg.data_path:
         data["path"] = cfg.data_path
     datamodule = CharDataModule(**data)
