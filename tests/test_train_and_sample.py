@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from gpt.core.checkpoint import read_checkpoint
 from gpt.core.errors import UserError
+from gpt.core.model import GPT
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import check_resumable
 from gpt.sampling import sample
@@ -159,6 +160,20 @@ def test_sampling_is_reproducible_with_a_seed_and_starts_from_a_newline(run_dir,
     assert outputs[0].startswith("\n") and len(outputs[0]) == 1 + 60 + 1  # newline start, text, final newline
     sample(sample_cfg(ckpt, max_new_tokens=30, temperature=0))  # greedy: the documented temperature 0
     assert len(capsys.readouterr().out) == 1 + 30 + 1
+
+
+def test_several_samples_are_drawn_as_one_batch_that_matches_single_samples(run_dir, capsys, monkeypatch):
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    sample(sample_cfg(ckpt, max_new_tokens=40, temperature=0, prompt="ROMEO:"))
+    single = capsys.readouterr().out[:-1]  # print's final newline
+    calls = []
+    real = GPT.generate
+    monkeypatch.setattr(GPT, "generate", lambda self, idx, *a, **k: calls.append(idx.shape) or real(self, idx, *a, **k))
+    sample(sample_cfg(ckpt, max_new_tokens=40, temperature=0, prompt="ROMEO:", num_samples=3))
+    assert capsys.readouterr().out[:-1].split("\n" + "-" * 40 + "\n") == [single] * 3  # greedy: equal rows
+    sample(sample_cfg(ckpt, max_new_tokens=40, prompt="ROMEO:", num_samples=3))
+    assert len(set(capsys.readouterr().out.split("\n" + "-" * 40 + "\n"))) == 3  # drawn: three samples
+    assert calls == [(3, 6), (3, 6)]  # one batch of 3 rows each time, not 3 loops
 
 
 @pytest.mark.parametrize(
