@@ -73,7 +73,7 @@ def measure_replies(tokenizer, reward_model, pairs: list[QAPair], qa: QAData):
         torch.ones(len(texts), dtype=torch.bool, device=device),
     )
     idx, prompt_lengths = join(prompts, answers)
-    ratings = [qa.rater.rate(text) for text in texts]
+    ratings = [qa.rater.rate(pair.question, pair.answer) for pair in pairs]
     figures = answer_figures(pairs, answers, texts, ratings, idx, prompt_lengths, reward_model)
     return {**figures, "kl_to_sft": None, "answer_loss": None}, texts
 
@@ -178,7 +178,8 @@ def evaluate(cfg: DictConfig) -> str:
         f"# {len(pairs)} held-out questions, one answer each (temperature {cfg.temperature}, seed {cfg.seed})\n\n"
         f"{table}\n{REAL}: the play's own reply to each question (its first sentence), scored like the models' "
         "answers; it has no KL to SFT and no answer loss. A content word has 4 letters or more and is not in "
-        "gpt/posttrain/qa.py's STOP_WORDS. The rater ignores the question; that row does not.\n\n"
+        "gpt/posttrain/qa.py's STOP_WORDS. form: the rater's question-blind part; picks up: the share of an "
+        f"answer's content words its question holds (the rater's topic_weight is {qa.rater.topic_weight}).\n\n"
         "Examples (… marks an answer that never stopped):\n\n"
         + markdown_table(["question", "held-out answer", *policies], examples)
     )

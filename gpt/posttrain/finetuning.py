@@ -90,6 +90,7 @@ def check_config(cfg: DictConfig) -> None:
     require(stage.name in STAGES, f"stage={stage.name} is not one of {sorted(STAGES)}")
     require(0 < cfg.data.train_fraction < 1, f"data.train_fraction={cfg.data.train_fraction} must be in (0, 1)")
     require(cfg.qa.max_question_chars >= 1 and cfg.qa.max_answer_chars >= 1, "qa.max_*_chars must be >= 1")
+    require(0 <= cfg.qa.topic_weight <= 1, f"qa.topic_weight={cfg.qa.topic_weight} must be in [0, 1]")
     for key in COUNTS:
         if key in stage:
             require(stage[key] >= 1, f"stage.{key}={stage[key]} must be >= 1")

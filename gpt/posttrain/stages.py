@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from gpt.core.model import RewardModel, build_model, build_reward_model
 from gpt.core.module import CheckpointedModule
 from gpt.core.report import markdown_table
-from gpt.posttrain.qa import STOP, Rater, Rating
+from gpt.posttrain.qa import STOP, Rater, Rating, question_of
 from gpt.posttrain.rlhf import (
     answer_loss,
     at_answer,
@@ -187,7 +187,8 @@ class PPOModule(CheckpointedModule):
         advantages, returns = gae(rewards, values, mask, cfg["gamma"], cfg["lam"])
 
         texts = answers.texts(self.tokenizer)
-        ratings = [self.rater.rate(text, stop) for text, stop in zip(texts, answers.stopped.tolist())]
+        questions = [question_of(self.tokenizer.decode(prompt)) for prompt in prompts]
+        ratings = [self.rater.rate(*rated) for rated in zip(questions, texts, answers.stopped.tolist())]
         rating = Rating.means(ratings)
         stats = {
             "rm_score": scores.mean(),
