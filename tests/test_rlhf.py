@@ -15,12 +15,16 @@ from gpt.posttrain.finetuning import count_pairs, encode_documents, ranked_group
 from gpt.posttrain.qa import QAPair, Rater
 from gpt.posttrain.rlhf import (
     RewardModel,
+    answer_logprobs,
     answer_loss,
     at_answer,
     bradley_terry_loss,
+    dpo_loss,
     gae,
+    group_advantages,
     join,
     kl_divergence,
+    kl_estimate,
     pad_right,
     pairwise_accuracy,
     ppo_policy_loss,
@@ -255,3 +259,45 @@ def test_ppo_starts_at_zero_kl_moves_only_the_policy_and_value_and_counts_update
     assert checkpoint["state_dict"].keys() == {f"model.{k}" for k in sft.state_dict()}
     assert len(checkpoint["ppo_history"]) == 3
     assert (tmp_path / "ppo_samples.md").read_text().count("| prompt | answer | reward model | rater |") == 3
+
+
+def test_dpo_loss_by_hand():
+    # One question, two answers, answer 0 preferred: implicit rewards 0.5 * (-1 + 1.5) = 0.25 and
+    # 0.5 * (-2 + 1.5) = -0.25, margin 0.5, loss -log sigmoid(0.5) = log(1 + e^-0.5) = 0.474077.
+    logprobs, reference = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.5]])
+    loss, rewards = dpo_loss(logprobs, reference, torch.tensor([[0.9, 0.1]]), beta=0.5)
+    assert loss.item() == pytest.approx(0.474077, abs=1e-6)
+    assert rewards.tolist() == [[0.25, -0.25]]
+    # The policy equal to the reference: every margin 0, loss log 2 whatever the ratings.
+    loss, _ = dpo_loss(reference, reference, torch.tensor([[0.1, 0.9]]), beta=0.5)
+    assert loss.item() == pytest.approx(math.log(2))
+    # The rater preferring answer 1 instead: margin -0.5, loss log(1 + e^0.5) = 0.974077.
+    loss, _ = dpo_loss(logprobs, reference, torch.tensor([[0.1, 0.9]]), beta=0.5)
+    assert loss.item() == pytest.approx(0.974077, abs=1e-6)
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [0.0, 0.0, 6.0]])
+    # Group 1: mean 2, std 1 -> -1, 0, 1. Group 2: all equal -> 0. Group 3: mean 2, std sqrt((4 + 4 + 16) / 2)
+    # = sqrt(12) -> -2 / 3.4641, -2 / 3.4641, 4 / 3.4641.
+    expected = torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-0.57735, -0.57735, 1.1547]])
+    torch.testing.assert_close(group_advantages(rewards, eps=1e-12), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(group_advantages(rewards, scale=False)[2], torch.tensor([-2.0, -2.0, 4.0]))
+    assert group_advantages(rewards)[1].eq(0).all()  # eps: no 0 / 0
+
+
+def test_kl_estimate_by_hand():
+    # p(token) = 0.5 under the policy, 0.25 under the reference: ref - logp = -ln 2, e^(-ln 2) = 0.5, and
+    # 0.5 + ln 2 - 1 = 0.193147. Equal log-probs: 0.
+    logprobs, reference = torch.log(torch.tensor([[0.5, 0.3]])), torch.log(torch.tensor([[0.25, 0.3]]))
+    torch.testing.assert_close(kl_estimate(logprobs, reference), torch.tensor([[0.193147, 0.0]]))
+
+
+def test_answer_logprobs_sum_the_answer_characters_and_nothing_else():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 5)
+    idx = torch.tensor([[1, 2, 3, 4, 2, 1], [1, 2, 3, 4, 2, 0]])
+    prompt_lengths, ends = torch.tensor([2, 3]), torch.tensor([6, 5])  # answers [3, 4, 2, 1] and [4, 2]
+    logp = logits.log_softmax(-1)  # answer character t of row i is predicted at position prompt_length - 1 + t
+    expected = [logp[0, 1, 3] + logp[0, 2, 4] + logp[0, 3, 2] + logp[0, 4, 1], logp[1, 2, 4] + logp[1, 3, 2]]
+    torch.testing.assert_close(answer_logprobs(logits, idx, prompt_lengths, ends), torch.stack(expected))
