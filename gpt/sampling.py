@@ -96,7 +96,7 @@ def sample(cfg: DictConfig) -> None:
     print()
 
 
-CHAT_MODELS = ("ppo", "sft")  # the kinds that answer questions; without ckpt=, the latest PPO model, else SFT
+CHAT_MODELS = ("ppo", "dpo", "sft")  # the kinds that answer questions; without ckpt=, the latest PPO, else DPO, SFT
 
 
 def chat(cfg: DictConfig) -> None:

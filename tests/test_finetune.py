@@ -1,5 +1,6 @@
 """The three stages of finetune.py and evaluate.py end to end (quick mode): a tiny GPT on the synthetic corpus."""
 
+import math
 import os
 import re
 import shutil
@@ -13,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from gpt.core.checkpoint import load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.posttrain.evaluation import evaluate, pick_checkpoints
-from gpt.posttrain.finetuning import encode_documents, finetune, load_qa, pick_inputs
-from gpt.posttrain.rlhf import answer_loss
+from gpt.posttrain.finetuning import encode_documents, finetune, load_qa, pick_inputs, read_inputs, sample_ranked
+from gpt.posttrain.rlhf import answer_logprobs, answer_loss, pairwise_accuracy
 from gpt.pretrain.data import CharDataModule
 from gpt.pretrain.lightning_module import GPTModule
 
@@ -34,6 +35,16 @@ STAGES = {
         "trainer.val_check_interval=10",
     ],
     "ppo": ["stage.updates=3", "stage.questions_per_update=8", "stage.epochs=1", "stage.minibatch_size=4"],
+    "dpo": [
+        "stage.questions=40",
+        "stage.eval_questions=20",
+        "stage.samples_per_question=3",
+        "stage.batch_size=4",
+        "stage.beta=0.5",
+        "optim.lr=3e-4",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=20",
+    ],
 }
 
 
@@ -85,7 +96,8 @@ def pipeline(qa_corpus, pretrained, tmp_path_factory):
     sft = run("sft", f"init_from={pretrained}")
     reward = run("reward", f"init_from={sft}")
     ppo = run("ppo", f"init_from={sft}", f"reward_model={reward}")
-    return {"pretrained": pretrained, "sft": sft, "reward_model": reward, "ppo": ppo, "data": data}
+    dpo = run("dpo", f"init_from={sft}")
+    return {"pretrained": pretrained, "sft": sft, "reward_model": reward, "ppo": ppo, "dpo": dpo, "data": data}
 
 
 def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipeline):
@@ -109,6 +121,27 @@ def test_reward_model_is_normalised_and_ppo_writes_a_policy_that_samples(pipelin
     assert [h["update"] for h in history] == [1, 2, 3] and history[0]["kl"] == 0.0
     samples = (Path(pipeline["ppo"]).parents[1] / "ppo_samples.md").read_text()
     assert samples.count("| prompt | answer | reward model | rater |") == 3 and "## update 3" in samples
+
+
+def test_dpo_moves_the_policy_towards_the_raters_choices_without_a_reward_model(pipeline):
+    validation = read_checkpoint(pipeline["dpo"]).raw["dpo_validation"]
+    loss_before, loss_after = validation["before"]["val/loss"], validation["after"]["val/loss"]
+    assert loss_before == pytest.approx(math.log(2), abs=1e-6)  # the policy is the reference: every margin 0
+    assert loss_after < loss_before
+    # Apart from DPO's own loss: on the pairs it trained on (the same samples again), the DPO model raises its
+    # log-probability over SFT's more for the answer the rater prefers, in most ranked pairs.
+    cfg = config("finetune", "stage=dpo", pipeline["data"], f"init_from={pipeline['sft']}", *STAGES["dpo"])
+    start, qa = read_inputs(cfg), load_qa(cfg)
+    _, rated = next(sample_ranked(cfg, start, qa))  # the training questions' answers
+    policy, _ = load_model(pipeline["dpo"])  # a language model, as sample.py loads it
+    with torch.no_grad():
+        logprobs = [
+            answer_logprobs(m(rated.idx)[0], rated.idx, rated.prompt_lengths, rated.ends)
+            for m in (policy, start.policy)
+        ]
+    ratings = torch.tensor(rated.scores).view(-1, cfg.stage.samples_per_question)
+    accuracy = pairwise_accuracy((logprobs[0] - logprobs[1]).view(ratings.shape), ratings)
+    assert accuracy > 0.7, accuracy
 
 
 def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
@@ -148,6 +181,14 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
         ),
         (["stage=sft", "init_from={pretrained}", "qa.max_answer_chars=30"], "more than the model's context 32"),
         (["stage=reward", "init_from={sft}", "stage.samples_per_question=1"], "samples_per_question must be >= 2"),
+        (
+            ["stage=dpo", "init_from={dpo}"],
+            "is a DPO checkpoint (finetune.py stage=dpo); finetune.py stage=dpo init_from= needs an SFT checkpoint",
+        ),
+        (
+            ["stage=ppo", "init_from={sft}", "reward_model={dpo}"],
+            "is a DPO checkpoint (finetune.py stage=dpo); finetune.py stage=ppo reward_model= needs a reward model",
+        ),
         (["stage=sft", "init_from=missing.ckpt"], "checkpoint missing.ckpt not found"),
         (["stage=sft", "init_from={pretrained}", "trainer.accelerator=cpu", "trainer.devices=2"], "runs on one device"),
     ],
@@ -173,6 +214,8 @@ def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message,
         (["stage=ppo", "stage.lam=-0.1"], "stage.lam=-0.1 must be in [0, 1]"),
         (["stage=ppo", "stage.max_grad_norm=0"], "stage.max_grad_norm=0 must be > 0"),
         (["stage=ppo", "stage.examples_per_update=-1"], "stage.examples_per_update=-1 must be >= 0"),
+        (["stage=dpo", "stage.beta=0"], "stage.beta=0 must be > 0"),
+        (["stage=dpo", "qa.topic_weight=2"], "qa.topic_weight=2 must be in [0, 1]"),
         (["stage=sft", "optim.betas=[0.9,1.0]"], "optim.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
         (["stage=reward", "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be a whole number >= 1"),
     ],
@@ -194,7 +237,7 @@ def test_evaluation_counts_that_cannot_work_are_refused_in_one_line(override, pr
 
 
 def test_every_stage_records_its_kind_in_its_checkpoint(pipeline):
-    kinds = {"pretrained": "pretrained", "sft": "sft", "reward_model": "reward", "ppo": "ppo"}
+    kinds = {"pretrained": "pretrained", "sft": "sft", "reward_model": "reward", "ppo": "ppo", "dpo": "dpo"}
     for key, kind in kinds.items():
         assert torch.load(pipeline[key], weights_only=True)["kind"] == kind
         assert read_checkpoint(pipeline[key]).kind == kind
@@ -240,6 +283,7 @@ def test_each_stage_takes_the_latest_checkpoint_of_the_kind_it_needs_by_name(pip
         "sft": {"init_from": "run0"},
         "reward": {"init_from": "run1"},
         "ppo": {"init_from": "run1", "reward_model": "run2"},
+        "dpo": {"init_from": "run1"},
     }
     for stage, picked in expected.items():
         cfg = config("finetune", f"stage={stage}", pipeline["data"])

@@ -112,12 +112,12 @@ def test_bradley_terry_loss_weighs_every_question_the_same_however_many_pairs_it
 
 def test_ranked_groups_keep_each_questions_answers_together_and_drop_questions_without_a_pair():
     idx, ends = torch.arange(18).view(6, 3), torch.tensor([1, 2, 3, 3, 2, 1])
-    groups = ranked_groups(idx, ends, [0.5, 0.9, 0.5, 0.2, 0.2, 0.2], group_size=3)  # question 2: all tied
+    groups = ranked_groups([0.5, 0.9, 0.5, 0.2, 0.2, 0.2], 3, idx, ends)  # question 2: all tied
     sequences, lengths, ratings = groups.tensors
     assert sequences.tolist() == [idx[:3].tolist()] and lengths.tolist() == [[1, 2, 3]]
     assert ratings.tolist() == [[0.5, 0.9, 0.5]] and count_pairs(groups) == 2  # (1, 0) and (1, 2)
     with pytest.raises(UserError, match="no pairs to learn from"):
-        ranked_groups(idx, ends, [0.2] * 6, group_size=3)
+        ranked_groups([0.2] * 6, 3, idx, ends)
 
 
 def test_gae_by_hand():

@@ -1,4 +1,4 @@
-"""The jobs behind finetune.py: SFT, reward model and PPO, each from the checkpoint of the stage before."""
+"""The jobs behind finetune.py: SFT, reward model, PPO and DPO, each from the checkpoint of the stage before."""
 
 import logging
 import random
@@ -20,35 +20,35 @@ from gpt.core.tokenizer import CharTokenizer
 from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.posttrain.qa import prompt_length
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
-from gpt.posttrain.rlhf import join, pairwise_accuracy
-from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule
+from gpt.posttrain.rlhf import answer_logprobs, join, pairwise_accuracy
+from gpt.posttrain.stages import DPOModule, PPOModule, RewardModule, SFTModule
 
 log = logging.getLogger(__name__)
 
 
-def ranked_groups(idx: torch.Tensor, ends: torch.Tensor, ratings: list[float], group_size: int) -> TensorDataset:
-    """The answers ``idx[i, :ends[i]]``, ``group_size`` consecutive rows to a question, as one row per question
-    of (sequences, lengths, the rater's scores); a question whose answers all got the same rating is dropped."""
-    width = idx.size(1)
-    sequences, ends = idx.view(-1, group_size, width), ends.view(-1, group_size)
-    ratings = torch.tensor(ratings, dtype=torch.float64, device=idx.device).view(-1, group_size)
+def ranked_groups(ratings: list[float], group_size: int, *answers: torch.Tensor) -> TensorDataset:
+    """Per-answer tensors (``answers``: sequences, lengths, ...; ``group_size`` consecutive rows to a question)
+    as one row per question, the rater's scores last; a question whose answers all got one rating is dropped."""
+    ratings = torch.tensor(ratings, dtype=torch.float64, device=answers[0].device).view(-1, group_size)
     ranked = (ratings != ratings[:, :1]).any(1)
     if not ranked.any():
         raise UserError("every sampled answer got the same rating: no pairs to learn from; sample more questions")
-    return TensorDataset(sequences[ranked], ends[ranked], ratings[ranked])
+    grouped = [tensor.view(-1, group_size, *tensor.shape[1:])[ranked] for tensor in answers]
+    return TensorDataset(*grouped, ratings[ranked])
 
 
 def count_pairs(groups: TensorDataset) -> int:
     """How many pairs of answers to one question the rater ranks (ties dropped)."""
-    ratings = groups.tensors[2]
+    ratings = groups.tensors[-1]
     return int((ratings[:, :, None] > ratings[:, None, :]).sum())
 
 
 COUNTS = ("batch_size", "questions", "eval_questions", "updates", "questions_per_update", "epochs", "minibatch_size")
-# PPO's coefficients: what each must be (out of range, they train silently wrong: a negative clip or max_grad_norm
-# flips the update, a gamma above 1 grows the returns without bound)
+# PPO's and DPO's coefficients: what each must be (out of range, they train silently wrong: a negative clip or
+# max_grad_norm flips the update, a gamma above 1 grows the returns without bound)
 PPO_SETTINGS = {
     "kl_coef": (lambda v: v >= 0, ">= 0"),
+    "beta": (lambda v: v > 0, "> 0"),
     "clip": (lambda v: v > 0, "> 0"),
     "value_clip": (lambda v: v > 0, "> 0"),
     "value_coef": (lambda v: v >= 0, ">= 0"),
@@ -64,6 +64,7 @@ INPUTS = {
     "sft": {"init_from": ("pretrained", "sft")},
     "reward": {"init_from": ("sft",)},
     "ppo": {"init_from": ("sft",), "reward_model": ("reward",)},
+    "dpo": {"init_from": ("sft",)},
 }
 
 
@@ -195,25 +196,46 @@ def run_sft(cfg, config, start: Start, qa: QAData, trainer) -> SFTModule:
     return module
 
 
-def run_reward(cfg, config, start: Start, qa: QAData, trainer) -> RewardModule:
+@dataclass(frozen=True)
+class RatedAnswers:
+    """K answers of the SFT model to each of some questions (rows i*K .. i*K+K-1), as the models score them:
+    the sequences prompt + answer, where each answer starts and ends in them, and the rater's totals."""
+
+    idx: torch.Tensor
+    prompt_lengths: torch.Tensor
+    ends: torch.Tensor
+    scores: list[float]
+
+
+def sample_ranked(cfg, start: Start, qa: QAData):
+    """The rated SFT answers the reward model and DPO learn from, training questions first, then held-out ones:
+    ``stage.samples_per_question`` answers to each of ``stage.questions`` (``stage.eval_questions``)."""
     stage, rng = cfg.stage, random.Random(cfg.seed)
-    policy, tokenizer = start.policy, start.tokenizer
-    datasets = []
     for name, pairs, n in (("train", qa.train, stage.questions), ("held-out", qa.heldout, stage.eval_questions)):
         questions = rng.sample(pairs, min(n, len(pairs)))
         prompts, answers, _, ratings = sample_rated(
-            policy, tokenizer, questions, qa.rater, stage.samples_per_question, stage.temperature, cfg.seed
+            start.policy, start.tokenizer, questions, qa.rater, stage.samples_per_question, stage.temperature, cfg.seed
         )
         idx, prompt_lengths = join(prompts, answers)
-        ends = prompt_lengths + answers.lengths
-        scores = [rating.total for rating in ratings]
-        groups = ranked_groups(idx, ends, scores, stage.samples_per_question)
-        datasets.append((groups, idx, ends))
+        rated = RatedAnswers(idx, prompt_lengths, prompt_lengths + answers.lengths, [r.total for r in ratings])
         log.info(
-            f"{name}: {count_pairs(groups)} ranked pairs among {len(questions)} questions x "
-            f"{stage.samples_per_question} SFT answers (mean rater score {sum(scores) / len(scores):.3f}); "
-            f"{len(groups)} questions rank at least one pair"
+            f"{name}: {len(questions)} questions x {stage.samples_per_question} SFT answers "
+            f"(mean rater score {sum(rated.scores) / len(rated.scores):.3f})"
         )
+        yield name, rated
+
+
+def log_groups(name: str, groups: TensorDataset) -> None:
+    log.info(f"{name}: {count_pairs(groups)} ranked pairs; {len(groups)} questions rank at least one pair")
+
+
+def run_reward(cfg, config, start: Start, qa: QAData, trainer) -> RewardModule:
+    stage, policy, tokenizer = cfg.stage, start.policy, start.tokenizer
+    datasets = []
+    for name, rated in sample_ranked(cfg, start, qa):
+        groups = ranked_groups(rated.scores, stage.samples_per_question, rated.idx, rated.ends)
+        log_groups(name, groups)
+        datasets.append((groups, rated.idx, rated.ends))
     (train, train_answers, train_ends), (heldout, _, _) = datasets
 
     module = RewardModule(start.init.model_config, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
@@ -256,4 +278,43 @@ def run_ppo(cfg, config, start: Start, qa: QAData, trainer) -> PPOModule:
     return module
 
 
-STAGES = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo}
+REFERENCE_CHUNK = 1024  # answers scored at once by the reference model
+
+
+@torch.no_grad()
+def reference_logprobs(reference: GPT, rated: RatedAnswers, temperature: float) -> torch.Tensor:
+    """Each answer's log-probability under the frozen reference (the SFT model), computed once before DPO."""
+    reference.eval()
+    chunks = zip(*(t.split(REFERENCE_CHUNK) for t in (rated.idx, rated.prompt_lengths, rated.ends)))
+    return torch.cat([answer_logprobs(reference(idx)[0], idx, p, e, temperature) for idx, p, e in chunks])
+
+
+def run_dpo(cfg, config, start: Start, qa: QAData, trainer) -> DPOModule:
+    stage, tokenizer = cfg.stage, start.tokenizer
+    datasets = []
+    for name, rated in sample_ranked(cfg, start, qa):
+        reference = reference_logprobs(start.policy, rated, stage.temperature)
+        groups = ranked_groups(
+            rated.scores, stage.samples_per_question, rated.idx, rated.prompt_lengths, rated.ends, reference
+        )
+        log_groups(name, groups)
+        datasets.append(groups)
+    train, heldout = datasets
+    module = DPOModule(
+        start.init.model_config, config["optim"], tokenizer.chars, stage.beta, stage.temperature, config, cfg.seed
+    )
+    module.model.load_state_dict(start.policy.state_dict())
+    train_loader = DataLoader(train, batch_size=stage.batch_size, shuffle=True, drop_last=True)
+    heldout_loader = DataLoader(heldout, batch_size=len(heldout))
+    (before,) = trainer.validate(module, heldout_loader, verbose=False)
+    trainer.fit(module, train_loader, heldout_loader)
+    (after,) = trainer.validate(module, heldout_loader, verbose=False)
+    module.validation = {"before": before, "after": after}
+    log.info(
+        f"held-out DPO loss {before['val/loss']:.4f} -> {after['val/loss']:.4f}, implicit reward pairwise accuracy "
+        f"{before['val/accuracy']:.3f} -> {after['val/accuracy']:.3f} ({count_pairs(heldout)} pairs)"
+    )
+    return module
+
+
+STAGES = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo, "dpo": run_dpo}

@@ -1,10 +1,10 @@
-"""The LightningModules of the three stages after pre-training: SFT, reward model, PPO.
+"""The LightningModules of the stages after pre-training: SFT, reward model, PPO, DPO.
 
 Each builds its own model and stands, as pre-training's ``GPTModule`` does, on ``gpt.core.module``'s
-``CheckpointedModule``: its checkpoint records its kind (``sft``, ``reward``, ``ppo``), model config, vocabulary,
-run config and RNG states; AdamW with the warmup + cosine schedule of ``optim``; ``train/lr`` logging. The SFT
-and PPO checkpoints hold only the language model's weights (under ``model.``), the reward model's its
-``RewardModel``; any of them loads with ``gpt.core.checkpoint.load_model``.
+``CheckpointedModule``: its checkpoint records its kind (``sft``, ``reward``, ``ppo``, ``dpo``), model config,
+vocabulary, run config and RNG states; AdamW with the warmup + cosine schedule of ``optim``; ``train/lr``
+logging. The policies' checkpoints hold only the language model's weights (under ``model.``), the reward
+model's its ``RewardModel``; any of them loads with ``gpt.core.checkpoint.load_model``.
 """
 
 import copy
@@ -19,9 +19,11 @@ from gpt.core.module import CheckpointedModule
 from gpt.core.report import markdown_table
 from gpt.posttrain.qa import STOP, Rater, Rating, question_of
 from gpt.posttrain.rlhf import (
+    answer_logprobs,
     answer_loss,
     at_answer,
     bradley_terry_loss,
+    dpo_loss,
     entropy,
     gae,
     join,
@@ -111,7 +113,65 @@ class RewardModule(CheckpointedModule):
         self.model.std.copy_(scores.std().clamp(min=1e-6))
 
 
-class PPOModule(CheckpointedModule):
+class PolicyModule(CheckpointedModule):
+    """A stage that moves a policy away from a reference by comparing their probabilities of the same answers
+    (PPO, DPO): every network stays in eval mode (no dropout), so that a ratio or a log-ratio compares
+    deterministic functions (it is exactly 1, or 0, before the first update) and frozen models never train.
+    Its checkpoint holds only the policy (``model.``): a language model that sample.py and load_model read."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)  # kind, run config, RNG
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+
+
+class DPOModule(PolicyModule):
+    """DPO on a policy initialised from SFT, against the SFT model's log-probabilities of the same answers
+    (computed once, before training: the reference is frozen, so nothing else of it is needed).
+
+    Batches are (sequences (B, K, T), prompt lengths (B, K), ends (B, K), reference log-probs (B, K), the
+    rater's scores (B, K)): the K rated SFT answers to each of B questions, every pair the rater ranks a
+    preference (ties dropped), a mean per question, as the reward model learns from the same samples. No reward
+    model, no sampling during training.
+    """
+
+    KIND = "dpo"
+
+    def __init__(self, model, optim, vocab, beta: float, temperature: float, run_config=None, seed: int = 0):
+        super().__init__(model, optim, vocab, run_config, seed, beta=beta, temperature=temperature)
+        self.model = build_model(vocab_size=len(vocab), **model)
+        self.validation: dict = {}  # the held-out figures before and after training, kept in the checkpoint
+        self.eval()  # Lightning keeps the modes modules start fit with
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["dpo_validation"] = self.validation
+
+    def losses(self, batch):
+        """DPO's loss of the batch and the share of ranked pairs whose implicit rewards rank like the rater."""
+        sequences, prompt_lengths, ends, reference_logprobs, ratings = batch
+        idx = sequences.flatten(0, 1)
+        logits = self.model(idx)[0]
+        logprobs = answer_logprobs(logits, idx, prompt_lengths.flatten(), ends.flatten(), self.hparams.temperature)
+        loss, rewards = dpo_loss(logprobs.view(ends.shape), reference_logprobs, ratings, self.hparams.beta)
+        return loss, pairwise_accuracy(rewards, ratings)
+
+    def training_step(self, batch, batch_idx):
+        loss, accuracy = self.losses(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/accuracy", accuracy)
+        self.log_learning_rate()
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, accuracy = self.losses(batch)  # one batch: all held-out questions
+        self.log("val/loss", loss)
+        self.log("val/accuracy", accuracy, prog_bar=True)
+
+
+class PPOModule(PolicyModule):
     """PPO on a policy initialised from SFT (``self.model``), against a frozen reward model and a frozen copy
     of the SFT model (the reference of the KL penalty); the value function starts as a copy of the reward model.
 
@@ -145,11 +205,6 @@ class PPOModule(CheckpointedModule):
         self.history: list[dict] = []  # the logged figures of each update, kept in the checkpoint for plots
         self.generator = torch.Generator()
         self.eval()  # Lightning keeps the modes modules start fit with (it warns that they are in eval mode)
-
-    def train(self, mode: bool = True):
-        # Every network stays in eval mode (no dropout): the probability ratio to the rollout and the KL to the
-        # reference must compare deterministic functions, and the frozen models must never train.
-        return super().train(False)
 
     def optimizer_steps(self) -> int:
         """The minibatch steps of the whole run: where the cosine ends unless ``optim.decay_steps`` says."""
@@ -271,7 +326,5 @@ class PPOModule(CheckpointedModule):
                 logger.log_text(key="ppo/samples", columns=columns, data=[[update, *row] for row in rows])
 
     def on_save_checkpoint(self, checkpoint):
-        super().on_save_checkpoint(checkpoint)  # kind, run config, RNG
-        # Only the policy: the checkpoint is a language model that sample.py and load_model read.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        super().on_save_checkpoint(checkpoint)  # kind, run config, RNG; only the policy's weights
         checkpoint["ppo_history"] = self.history
