@@ -96,7 +96,8 @@ def sample(cfg: DictConfig) -> None:
     print()
 
 
-CHAT_MODELS = ("ppo", "dpo", "sft")  # the kinds that answer questions; without ckpt=, the latest PPO, else DPO, SFT
+# the kinds that answer questions; without ckpt=, the latest PPO model, else GRPO, DPO, SFT
+CHAT_MODELS = ("ppo", "grpo", "dpo", "sft")
 
 
 def chat(cfg: DictConfig) -> None:

@@ -45,6 +45,13 @@ STAGES = {
         "trainer.max_steps=20",
         "trainer.val_check_interval=20",
     ],
+    "grpo": [
+        "stage.updates=3",
+        "stage.questions_per_update=4",
+        "stage.samples_per_question=3",
+        "stage.epochs=1",
+        "stage.minibatch_size=6",
+    ],
 }
 
 
@@ -97,7 +104,12 @@ def pipeline(qa_corpus, pretrained, tmp_path_factory):
     reward = run("reward", f"init_from={sft}")
     ppo = run("ppo", f"init_from={sft}", f"reward_model={reward}")
     dpo = run("dpo", f"init_from={sft}")
-    return {"pretrained": pretrained, "sft": sft, "reward_model": reward, "ppo": ppo, "dpo": dpo, "data": data}
+    grpo = run("grpo", f"init_from={sft}")  # rewarded by the rater
+    grpo_rm = run("grpo", f"init_from={sft}", f"reward_model={reward}", "stage.reward=reward_model")
+    return {
+        **{"pretrained": pretrained, "sft": sft, "reward_model": reward, "ppo": ppo},
+        **{"dpo": dpo, "grpo": grpo, "grpo_rm": grpo_rm, "data": data},
+    }
 
 
 def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipeline):
@@ -120,7 +132,7 @@ def test_reward_model_is_normalised_and_ppo_writes_a_policy_that_samples(pipelin
     history = read_checkpoint(pipeline["ppo"]).raw["ppo_history"]
     assert [h["update"] for h in history] == [1, 2, 3] and history[0]["kl"] == 0.0
     samples = (Path(pipeline["ppo"]).parents[1] / "ppo_samples.md").read_text()
-    assert samples.count("| prompt | answer | reward model | rater |") == 3 and "## update 3" in samples
+    assert samples.count("| prompt | answer | reward | rater |") == 3 and "## update 3" in samples
 
 
 def test_dpo_moves_the_policy_towards_the_raters_choices_without_a_reward_model(pipeline):
@@ -142,6 +154,21 @@ def test_dpo_moves_the_policy_towards_the_raters_choices_without_a_reward_model(
     ratings = torch.tensor(rated.scores).view(-1, cfg.stage.samples_per_question)
     accuracy = pairwise_accuracy((logprobs[0] - logprobs[1]).view(ratings.shape), ratings)
     assert accuracy > 0.7, accuracy
+
+
+@pytest.mark.parametrize("key, rewarded_by_the_reward_model", [("grpo", False), ("grpo_rm", True)])
+def test_grpo_writes_a_policy_rewarded_by_the_rater_or_the_reward_model(pipeline, key, rewarded_by_the_reward_model):
+    policy, _ = load_model(pipeline[key])  # what sample.py does
+    sft, _ = load_model(pipeline["sft"])
+    assert any(not torch.equal(w, sft.state_dict()[k]) for k, w in policy.state_dict().items())
+    history = read_checkpoint(pipeline[key]).raw["grpo_history"]
+    assert [h["update"] for h in history] == [1, 2, 3] and history[0]["kl"] == 0.0
+    assert ("rm_score" in history[0]) is rewarded_by_the_reward_model
+    if not rewarded_by_the_reward_model:  # the rater's total; -1 (missing_stop_reward) for an answer never stopped
+        figures = history[0]
+        assert figures["reward"] == pytest.approx(figures["rater_score"] - (1 - figures["stop_rate"]), abs=1e-6)
+    samples = (Path(pipeline[key]).parents[1] / "grpo_samples.md").read_text()
+    assert samples.count("| prompt | answer | reward | rater |") == 3
 
 
 def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
@@ -182,6 +209,19 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
         (["stage=sft", "init_from={pretrained}", "qa.max_answer_chars=30"], "more than the model's context 32"),
         (["stage=reward", "init_from={sft}", "stage.samples_per_question=1"], "samples_per_question must be >= 2"),
         (
+            ["stage=grpo", "init_from={grpo}"],
+            "is a GRPO checkpoint (finetune.py stage=grpo); finetune.py stage=grpo init_from= needs an SFT checkpoint",
+        ),
+        (
+            ["stage=grpo", "init_from={sft}", "stage.reward=reward_model", "reward_model={dpo}"],
+            "is a DPO checkpoint (finetune.py stage=dpo); finetune.py stage=grpo reward_model= needs a reward model",
+        ),
+        (
+            ["stage=grpo", "init_from={sft}", "reward_model={reward_model}"],
+            "is read only by stage=ppo and by stage=grpo with stage.reward=reward_model: leave it out",
+        ),
+        (["stage=grpo", "init_from={sft}", "stage.reward=reward_model"], "stage=grpo reward_model= not given"),
+        (
             ["stage=dpo", "init_from={dpo}"],
             "is a DPO checkpoint (finetune.py stage=dpo); finetune.py stage=dpo init_from= needs an SFT checkpoint",
         ),
@@ -215,6 +255,9 @@ def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message,
         (["stage=ppo", "stage.max_grad_norm=0"], "stage.max_grad_norm=0 must be > 0"),
         (["stage=ppo", "stage.examples_per_update=-1"], "stage.examples_per_update=-1 must be >= 0"),
         (["stage=dpo", "stage.beta=0"], "stage.beta=0 must be > 0"),
+        (["stage=grpo", "stage.reward=judge"], "stage.reward=judge is not one of ['rater', 'reward_model']"),
+        (["stage=grpo", "stage.kl_coef=-1"], "stage.kl_coef=-1 must be >= 0"),
+        (["stage=grpo", "stage.samples_per_question=1"], "stage.samples_per_question must be >= 2"),
         (["stage=dpo", "qa.topic_weight=2"], "qa.topic_weight=2 must be in [0, 1]"),
         (["stage=sft", "optim.betas=[0.9,1.0]"], "optim.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
         (["stage=reward", "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be a whole number >= 1"),
@@ -238,6 +281,7 @@ def test_evaluation_counts_that_cannot_work_are_refused_in_one_line(override, pr
 
 def test_every_stage_records_its_kind_in_its_checkpoint(pipeline):
     kinds = {"pretrained": "pretrained", "sft": "sft", "reward_model": "reward", "ppo": "ppo", "dpo": "dpo"}
+    kinds |= {"grpo": "grpo", "grpo_rm": "grpo"}
     for key, kind in kinds.items():
         assert torch.load(pipeline[key], weights_only=True)["kind"] == kind
         assert read_checkpoint(pipeline[key]).kind == kind
@@ -284,11 +328,18 @@ def test_each_stage_takes_the_latest_checkpoint_of_the_kind_it_needs_by_name(pip
         "reward": {"init_from": "run1"},
         "ppo": {"init_from": "run1", "reward_model": "run2"},
         "dpo": {"init_from": "run1"},
+        "grpo": {"init_from": "run1"},
     }
     for stage, picked in expected.items():
         cfg = config("finetune", f"stage={stage}", pipeline["data"])
         pick_inputs(cfg)
         assert {key: Path(cfg[key]).parts[1] for key in picked} == picked
+    cfg = config("finetune", "stage=grpo", "stage.reward=reward_model", pipeline["data"])
+    pick_inputs(cfg)
+    assert (Path(cfg.init_from).parts[1], Path(cfg.reward_model).parts[1]) == ("run1", "run2")
+    cfg = config("finetune", "stage=grpo", pipeline["data"])  # rewarded by the rater: no reward model read
+    pick_inputs(cfg)
+    assert cfg.reward_model is None
     cfg = config("evaluate", pipeline["data"])
     pick_checkpoints(cfg)
     picked = [Path(cfg[key]).parts[1] for key in ("pretrained", "sft", "reward_model", "ppo")]

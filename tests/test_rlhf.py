@@ -32,7 +32,7 @@ from gpt.posttrain.rlhf import (
     ppo_value_loss,
     sample_answers,
 )
-from gpt.posttrain.stages import PPOModule, RewardModule
+from gpt.posttrain.stages import GRPOModule, PPOModule, RewardModule
 
 TOKENIZER = CharTokenizer(sorted(set("QA: \nabcdefghijklmnopqrstuvwxyz.!?")))
 MODEL = {"arch": "gpt", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": False}
@@ -258,7 +258,7 @@ def test_ppo_starts_at_zero_kl_moves_only_the_policy_and_value_and_counts_update
     module.on_save_checkpoint(checkpoint)
     assert checkpoint["state_dict"].keys() == {f"model.{k}" for k in sft.state_dict()}
     assert len(checkpoint["ppo_history"]) == 3
-    assert (tmp_path / "ppo_samples.md").read_text().count("| prompt | answer | reward model | rater |") == 3
+    assert (tmp_path / "ppo_samples.md").read_text().count("| prompt | answer | reward | rater |") == 3
 
 
 def test_dpo_loss_by_hand():
@@ -301,3 +301,46 @@ def test_answer_logprobs_sum_the_answer_characters_and_nothing_else():
     logp = logits.log_softmax(-1)  # answer character t of row i is predicted at position prompt_length - 1 + t
     expected = [logp[0, 1, 3] + logp[0, 2, 4] + logp[0, 3, 2] + logp[0, 4, 1], logp[1, 2, 4] + logp[1, 3, 2]]
     torch.testing.assert_close(answer_logprobs(logits, idx, prompt_lengths, ends), torch.stack(expected))
+
+
+GRPO = {**PPO, "samples_per_question": 4, "scale_rewards": True, "kl_coef": 0.1, "minibatch_size": 8}
+
+
+def test_grpo_advantages_are_relative_to_each_questions_group_and_it_moves_only_the_policy(tmp_path):
+    torch.manual_seed(0)
+    sft = build_model(vocab_size=TOKENIZER.vocab_size, **MODEL)
+    module = GRPOModule(MODEL, OPTIM, TOKENIZER.chars, GRPO, None, Rater({"a"}), sft.state_dict())
+    prompts = [TOKENIZER.encode(f"Q: {q}\nA: ") for q in ("ab", "abc", "b", "ab")] * 2
+    rollouts = []
+    module.rollout = lambda prompts, rollout=module.rollout: rollouts.append(rollout(prompts)) or rollouts[-1]
+    fit = trainer(max_epochs=1, default_root_dir=tmp_path)
+    fit.fit(module, DataLoader(prompts, batch_size=4, collate_fn=list))  # 2 updates of 4 questions x 4 answers
+
+    assert fit.global_step == 2 * 2 * 2  # updates x epochs x (16 answers / minibatches of 8)
+    assert module.history[0]["kl"] == 0.0 and module.history[-1]["kl"] > 0
+    for rollout in rollouts:  # one advantage per answer, of mean 0 in each question's group of 4
+        assert rollout["advantages"].shape == (16,)
+        assert rollout["advantages"].view(4, 4).sum(1).abs().max() < 1e-4
+        groups = rollout["idx"].view(4, 4, -1)[:, :, :8]  # a group's answers follow one prompt ("Q: b\nA: " is 8)
+        assert groups.eq(groups[:, :1]).all() and rollout["prompt_lengths"].view(4, 4).tolist()[0] == [9] * 4
+    assert all(torch.equal(module.reference.state_dict()[k], w) for k, w in sft.state_dict().items())
+    assert any(not torch.equal(module.model.state_dict()[k], w) for k, w in sft.state_dict().items())
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"].keys() == {f"model.{k}" for k in sft.state_dict()}
+    assert len(checkpoint["grpo_history"]) == 2
+
+
+def test_grpo_learns_a_reward_computed_by_a_program(tmp_path):
+    """Answers are rewarded for stopping (the rater gives 0 to one that never does, missing_stop_reward -1):
+    a random policy rarely stops within the context; GRPO raises its stop rate."""
+    torch.manual_seed(0)
+    sft = build_model(vocab_size=TOKENIZER.vocab_size, **MODEL)
+    settings = {**GRPO, "samples_per_question": 8, "minibatch_size": 32, "kl_coef": 0.0, "epochs": 2}
+    optim = {**OPTIM, "lr": 1e-2, "min_lr": 1e-2}
+    module = GRPOModule(MODEL, optim, TOKENIZER.chars, settings, None, Rater({"a"}), sft.state_dict())
+    prompts = [TOKENIZER.encode(f"Q: {q}\nA: ") for q in ("ab", "abc", "b", "ab")] * 12
+    trainer(max_epochs=1, default_root_dir=tmp_path).fit(module, DataLoader(prompts, batch_size=4, collate_fn=list))
+    first, last = module.history[0], module.history[-1]
+    assert last["stop_rate"] > first["stop_rate"] + 0.3, (first["stop_rate"], last["stop_rate"])
+    assert last["reward"] > first["reward"]

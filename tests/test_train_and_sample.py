@@ -238,7 +238,8 @@ def fine_tuned(run_dir, tmp_path_factory):
             "reward",
             ["device=cpu"],
             "is a reward model checkpoint (finetune.py stage=reward); "
-            "sample.py needs a language model: a checkpoint of train.py, finetune.py stage=sft, stage=ppo or stage=dpo",
+            "sample.py needs a language model: a checkpoint of train.py, finetune.py stage=sft, stage=ppo, stage=dpo "
+            "or stage=grpo",
         ),
     ],
 )

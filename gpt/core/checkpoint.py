@@ -1,12 +1,13 @@
 """The checkpoint contract: what every checkpoint of this project records, one reader and one loader.
 
 Every checkpoint records its **kind** (``checkpoint["kind"]``): ``pretrained`` (train.py), ``sft``, ``ppo``,
-``dpo`` or ``reward`` (finetune.py stage=...), beside its model config and vocabulary (``hyper_parameters``), so
-the file alone rebuilds its model and tokenizer. The LightningModules write the kind in ``on_save_checkpoint``.
+``dpo``, ``grpo`` or ``reward`` (finetune.py stage=...), beside its model config and vocabulary
+(``hyper_parameters``), so the file alone rebuilds its model and tokenizer. The LightningModules write the kind
+in ``on_save_checkpoint``.
 
 ``read_checkpoint`` reads a file once (plain data only, ``weights_only=True``, memory-mapped) into a
 ``Checkpoint``; a job passes that object on instead of reading the file again. ``load_model`` builds the model
-of any kind: a language model (``GPT`` or ``BigramLanguageModel``) for pretrained, sft, ppo and dpo, a
+of any kind: a language model (``GPT`` or ``BigramLanguageModel``) for pretrained, sft, ppo, dpo and grpo, a
 ``RewardModel`` for reward. Every load says which kinds it accepts; any other kind is a one-line ``UserError``
 naming what the file is and what writes the kind wanted.
 
@@ -42,9 +43,11 @@ KINDS = {
     "sft": ("an SFT", "finetune.py stage=sft"),
     "ppo": ("a PPO", "finetune.py stage=ppo"),
     "dpo": ("a DPO", "finetune.py stage=dpo"),
+    "grpo": ("a GRPO", "finetune.py stage=grpo"),
     "reward": ("a reward model", "finetune.py stage=reward"),
 }
-LANGUAGE_MODELS = ("pretrained", "sft", "ppo", "dpo")  # the kinds that hold a language model (sample.py reads them)
+# the kinds that hold a language model (sample.py reads them)
+LANGUAGE_MODELS = ("pretrained", "sft", "ppo", "dpo", "grpo")
 
 
 @dataclass(frozen=True, eq=False)

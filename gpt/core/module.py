@@ -91,7 +91,7 @@ class CheckpointedModule(L.LightningModule):
     A subclass builds its own ``self.model``; extra hyperparameters (``**hparams``) are saved beside the rest.
     """
 
-    KIND: str  # "pretrained", "sft", "ppo", "dpo" or "reward": see gpt.core.checkpoint.KINDS
+    KIND: str  # "pretrained", "sft", "ppo", "dpo", "grpo" or "reward": see gpt.core.checkpoint.KINDS
 
     def __init__(
         self,

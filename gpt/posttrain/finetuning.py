@@ -1,4 +1,4 @@
-"""The jobs behind finetune.py: SFT, reward model, PPO and DPO, each from the checkpoint of the stage before."""
+"""The jobs behind finetune.py: SFT, reward model, PPO, DPO and GRPO, each from the checkpoint of the stage before."""
 
 import logging
 import random
@@ -21,7 +21,7 @@ from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.posttrain.qa import prompt_length
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
 from gpt.posttrain.rlhf import answer_logprobs, join, pairwise_accuracy
-from gpt.posttrain.stages import DPOModule, PPOModule, RewardModule, SFTModule
+from gpt.posttrain.stages import DPOModule, GRPOModule, PPOModule, RewardModule, SFTModule
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,23 @@ INPUTS = {
     "reward": {"init_from": ("sft",)},
     "ppo": {"init_from": ("sft",), "reward_model": ("reward",)},
     "dpo": {"init_from": ("sft",)},
+    "grpo": {"init_from": ("sft",), "reward_model": ("reward",)},  # reward_model: with stage.reward=reward_model
 }
+REWARDS = ("rater", "reward_model")  # what GRPO's stage.reward may be
+
+
+def inputs(cfg: DictConfig) -> dict[str, tuple[str, ...]]:
+    """The checkpoints this run reads (config key: the kinds it accepts)."""
+    needed = dict(INPUTS[cfg.stage.name])
+    if cfg.stage.get("reward") == "rater":
+        del needed["reward_model"]  # GRPO rewarded by the rater itself
+    return needed
 
 
 @dataclass(frozen=True, eq=False)
 class Start:
     """What a stage starts from, each checkpoint read once: the init_from checkpoint, its GPT and tokenizer,
-    and (stage=ppo) the reward model."""
+    and (stage=ppo, and stage=grpo rewarded by it) the reward model."""
 
     init: Checkpoint
     policy: GPT
@@ -96,12 +106,20 @@ def check_config(cfg: DictConfig) -> None:
         if key in stage:
             require(stage[key] >= 1, f"stage.{key}={stage[key]} must be >= 1")
     if "samples_per_question" in stage:
-        require(stage.samples_per_question >= 2, "stage.samples_per_question must be >= 2 to rank answers")
+        require(stage.samples_per_question >= 2, "stage.samples_per_question must be >= 2 to rank or compare answers")
     if "temperature" in stage:
         require(stage.temperature > 0, f"stage.temperature={stage.temperature} must be > 0")
     for key, (ok, allowed) in PPO_SETTINGS.items():
         if key in stage:
             require(ok(stage[key]), f"stage.{key}={stage[key]} must be {allowed}")
+    if "reward" in stage:
+        require(stage.reward in REWARDS, f"stage.reward={stage.reward} is not one of {list(REWARDS)}")
+    if stage.name in STAGES and stage.get("reward") in (None, *REWARDS):
+        require(
+            cfg.reward_model is None or "reward_model" in inputs(cfg),
+            f"reward_model={cfg.reward_model} is read only by stage=ppo and by stage=grpo with "
+            "stage.reward=reward_model: leave it out",
+        )
     problems += optim_problems(cfg.optim) + trainer_problems(cfg.trainer)
     if problems:
         raise invalid_config(problems)
@@ -123,7 +141,7 @@ def read_inputs(cfg: DictConfig) -> Start:
     name = cfg.stage.name
     checkpoints = {
         key: read_checkpoint(cfg[key]).require(kinds, f"finetune.py stage={name} {key}=")
-        for key, kinds in INPUTS[name].items()
+        for key, kinds in inputs(cfg).items()
     }
     init = checkpoints["init_from"]
     policy, tokenizer = load_policy(init, INPUTS[name]["init_from"], f"finetune.py stage={name} init_from=")
@@ -142,7 +160,7 @@ def pick_inputs(cfg: DictConfig) -> None:
     stage=sft starts from the best checkpoint of the latest pre-training run; stage=reward and stage=ppo from
     the latest SFT model; PPO's reward model is the latest one.
     """
-    for key, kinds in INPUTS[cfg.stage.name].items():
+    for key, kinds in inputs(cfg).items():
         if cfg[key] is None:
             default = ("pretrained",) if key == "init_from" and cfg.stage.name == "sft" else kinds
             cfg[key] = str(latest_or_refuse(default, f"finetune.py stage={cfg.stage.name} {key}="))
@@ -317,4 +335,30 @@ def run_dpo(cfg, config, start: Start, qa: QAData, trainer) -> DPOModule:
     return module
 
 
-STAGES = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo, "dpo": run_dpo}
+def run_grpo(cfg, config, start: Start, qa: QAData, trainer) -> GRPOModule:
+    stage, tokenizer = cfg.stage, start.tokenizer
+    rng = random.Random(cfg.seed)
+    questions = rng.choices(qa.train, k=stage.updates * stage.questions_per_update)
+    prompts = [tokenizer.encode(pair.prompt) for pair in questions]
+    loader = DataLoader(prompts, batch_size=stage.questions_per_update, collate_fn=list)
+    grpo = {**config["stage"], "seed": cfg.seed}
+    module = GRPOModule(
+        start.init.model_config,
+        config["optim"],
+        tokenizer.chars,
+        grpo,
+        start.reward_model,
+        qa.rater,
+        start.policy.state_dict(),
+        run_config=config,
+    )
+    trainer.fit(module, loader)
+    for figures in (module.history[0], module.history[-1]):
+        log.info(
+            "update {update}: reward {reward:+.3f}, rater {rater_score:.3f} (picks up {rater_picks_up:.3f}), "
+            "KL {kl:.2f}, stop rate {stop_rate:.2f}, distinct {distinct:.2f}".format(**figures)
+        )
+    return module
+
+
+STAGES = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo, "dpo": run_dpo, "grpo": run_grpo}
