@@ -172,19 +172,23 @@ def test_grpo_writes_a_policy_rewarded_by_the_rater_or_the_reward_model(pipeline
 
 
 def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
-    paths = [f"{key}={pipeline[key]}" for key in ("pretrained", "sft", "ppo", "reward_model")]
+    paths = [f"{key}={pipeline[key]}" for key in ("pretrained", "sft", "ppo", "dpo", "grpo", "reward_model")]
     table = evaluate(config("evaluate", pipeline["data"], *paths, f"output_dir={tmp_path}", "questions=20"))
     header, _, *rows = table.splitlines()
-    assert header == "| on held-out questions | real replies | pre-trained | SFT | PPO |"
-    figures = {row.split(" | ")[0].strip("| "): row.split(" | ")[1:] for row in rows}
+    assert header == "| on held-out questions | real replies | pre-trained | SFT | PPO | DPO | GRPO |"
+    figures = {row.split(" | ")[0].strip("| "): [c.strip(" |") for c in row.split(" | ")[1:]] for row in rows}
     kl = figures["KL to SFT (nats/answer)"]
     assert kl[0] == "n/a" and kl[2] == "0.00"  # the real replies have none; the SFT model against itself
+    wins = figures["win rate against SFT (rater, ties half)"]
+    assert wins[2] == "0.500" and all(0 <= float(w) <= 1 for w in wins)  # SFT against itself: every question a tie
+    times = figures["stage wall time (s)"]
+    assert times[:2] == ["n/a", "n/a"] and all(float(t) > 0 for t in times[2:])  # train.py records none
     assert figures["stop rate"][0] == "1.000" and figures["sentence end"][0] == "1.000"  # the play's replies
     assert {"rater score", "reward-model score", "distinct answers", "shares a content word with its question"} <= (
         figures.keys()
     )
     assert (tmp_path / "eval.png").stat().st_size > 10_000
-    assert "| question | held-out answer | pre-trained | SFT | PPO |" in (tmp_path / "eval.md").read_text()
+    assert "| question | held-out answer | pre-trained | SFT | PPO | DPO | GRPO |" in (tmp_path / "eval.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -344,4 +348,5 @@ def test_each_stage_takes_the_latest_checkpoint_of_the_kind_it_needs_by_name(pip
     pick_checkpoints(cfg)
     picked = [Path(cfg[key]).parts[1] for key in ("pretrained", "sft", "reward_model", "ppo")]
     assert picked == ["run0", "run1", "run2", "run3"]
+    assert cfg.dpo is None and cfg.grpo is None  # none under outputs/: those columns are left out
     assert cfg.overoptimised is None

@@ -11,6 +11,7 @@ from gpt.core.errors import UserError
 from gpt.core.model import build_model
 from gpt.core.tokenizer import CharTokenizer
 from gpt.posttrain import stages
+from gpt.posttrain.evaluation import win_rate
 from gpt.posttrain.finetuning import count_pairs, encode_documents, ranked_groups
 from gpt.posttrain.qa import QAPair, Rater
 from gpt.posttrain.rlhf import (
@@ -344,3 +345,8 @@ def test_grpo_learns_a_reward_computed_by_a_program(tmp_path):
     first, last = module.history[0], module.history[-1]
     assert last["stop_rate"] > first["stop_rate"] + 0.3, (first["stop_rate"], last["stop_rate"])
     assert last["reward"] > first["reward"]
+
+
+def test_win_rate_counts_a_tie_as_half():
+    # Question 1 won, 2 lost, 3 tied, 4 won: (1 + 0 + 0.5 + 1) / 4.
+    assert win_rate([0.9, 0.2, 0.5, 0.7], [0.1, 0.3, 0.5, 0.6]) == pytest.approx(2.5 / 4)

@@ -2,6 +2,7 @@
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,7 @@ def pick_inputs(cfg: DictConfig) -> None:
 
 def finetune(cfg: DictConfig) -> str:
     """Run the stage ``cfg.stage.name``; returns the path of the checkpoint it wrote."""
+    started = time.perf_counter()
     check_config(cfg)
     pick_inputs(cfg)
     start = read_inputs(cfg)
@@ -190,6 +192,7 @@ def finetune(cfg: DictConfig) -> str:
     for logger in loggers:
         logger.log_hyperparams(config)
     module = STAGES[cfg.stage.name](cfg, config, start, qa, trainer)
+    module.wall_time_s = time.perf_counter() - started  # recorded in the checkpoint: evaluate.py reports it
     path = Path(cfg.output_dir) / "checkpoints" / f"{cfg.stage.name}.ckpt"
     trainer.save_checkpoint(path, weights_only=True)
     log.info(f"{module.__class__.__name__} checkpoint {path}")
