@@ -109,6 +109,8 @@ LOADERS = {
     "evaluate.py pretrained=": ("pretrained",),
     "evaluate.py sft=": ("sft",),
     "evaluate.py ppo=": ("ppo",),
+    "evaluate.py dpo=": ("dpo",),
+    "evaluate.py grpo=": ("grpo",),
     "evaluate.py reward_model=": ("reward",),
 }
 WRONG = [(job, kind) for job, kinds in LOADERS.items() for kind in KINDS if kind not in kinds]

@@ -297,10 +297,13 @@ def test_every_stage_records_its_kind_in_its_checkpoint(pipeline):
         ("sft", "ppo", "is a PPO checkpoint (finetune.py stage=ppo); evaluate.py sft= needs an SFT checkpoint"),
         ("reward_model", "sft", "is an SFT checkpoint (finetune.py stage=sft); evaluate.py reward_model= needs a"),
         ("ppo", "reward_model", "is a reward model checkpoint (finetune.py stage=reward); evaluate.py ppo= needs a "),
+        ("dpo", "grpo", "is a GRPO checkpoint (finetune.py stage=grpo); evaluate.py dpo= needs a DPO checkpoint"),
+        ("grpo", "dpo", "is a DPO checkpoint (finetune.py stage=dpo); evaluate.py grpo= needs a GRPO checkpoint"),
+        ("reward_model", "dpo", "is a DPO checkpoint (finetune.py stage=dpo); evaluate.py reward_model= needs a"),
     ],
 )
 def test_evaluation_refuses_a_checkpoint_of_the_wrong_kind_in_one_line(pipeline, tmp_path, key, given, message):
-    paths = {k: pipeline[k] for k in ("sft", "reward_model", "ppo")}
+    paths = {k: pipeline[k] for k in ("sft", "reward_model", "ppo", "dpo", "grpo")}
     paths[key] = pipeline[given]
     with pytest.raises(UserError, match=re.escape(f"{pipeline[given]} {message}")) as err:
         evaluate(
