@@ -163,7 +163,7 @@ class Rater:
     picks_up is a share of the answer's content words, not a yes/no, so that a stock reply stuffed with the
     questions' commonest words ("Good lord, hear the king again.") earns little more than one with none: with
     topic_weight w, one stock reply for every question scores about 1 - w, below the play's own replies (a form
-    of 0.94, and a content word of their question reused in 10% of them) for w above about 0.6.
+    of 0.94, and a content word of their question reused in 10% of them) for w of about 0.75 or more.
     """
 
     def __init__(self, known_words: set[str], topic_weight: float = 0.0):
