@@ -117,7 +117,7 @@ class RewardModule(CheckpointedModule):
 
 class PolicyModule(CheckpointedModule):
     """A stage that moves a policy away from a reference by comparing their probabilities of the same answers
-    (PPO, DPO): every network stays in eval mode (no dropout), so that a ratio or a log-ratio compares
+    (PPO, DPO, GRPO): every network stays in eval mode (no dropout), so that a ratio or a log-ratio compares
     deterministic functions (it is exactly 1, or 0, before the first update) and frozen models never train.
     Its checkpoint holds only the policy (``model.``): a language model that sample.py and load_model read."""
 
