@@ -1,4 +1,4 @@
-"""Compare pre-trained, SFT and PPO checkpoints on held-out questions: python evaluate.py sft=CKPT ... (README.md)."""
+"""Compare pre-trained, SFT, PPO, DPO and GRPO checkpoints on held-out questions: python evaluate.py ... (README.md)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,4 +1,4 @@
-"""Fine-tune a pre-trained GPT: python finetune.py stage=sft|reward|ppo init_from=CKPT ... (see README.md)."""
+"""Fine-tune a pre-trained GPT: python finetune.py stage=sft|reward|ppo|dpo|grpo init_from=CKPT ... (see README.md)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -100,7 +100,8 @@ def sample(cfg: DictConfig) -> None:
     print(("\n" + "-" * 40 + "\n").join(tokenizer.decode(row) for row in rows.tolist()))
 
 
-CHAT_MODELS = ("ppo", "sft")  # the kinds that answer questions; without ckpt=, the latest PPO model, else SFT
+# the kinds that answer questions; without ckpt=, the latest PPO model, else GRPO, DPO, SFT
+CHAT_MODELS = ("ppo", "grpo", "dpo", "sft")
 
 
 def chat(cfg: DictConfig) -> None:

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The post-training table of docs/post-training.md, from scratch: one pre-training run (python train.py, the
-# default model), then SFT, the reward model, PPO and evaluate.py for each seed. Prints each command's wall
-# time, the SFT and reward-model figures, and evaluate.py's table as the mean ± half the spread of the seeds.
+# default model), then SFT, the reward model, PPO, DPO, GRPO and evaluate.py for each seed. Prints each
+# command's wall time, the SFT, reward-model and DPO figures, and evaluate.py's table as the mean ± half the
+# spread of the seeds. Extra arguments for every finetune.py and evaluate.py run (say qa.topic_weight=0, the
+# question-blind rater) come from the environment: POSTTRAIN_ARGS="qa.topic_weight=0" bash ...
 #
 #   bash scripts/posttrain_seeds.sh [OUT_DIR [SEED ...]]     (default: outputs/posttrain_seeds 1337 1338)
 set -euo pipefail
+read -r -a extra <<< "${POSTTRAIN_ARGS:-}"
 out=${1:-outputs/posttrain_seeds}
 seeds=("${@:2}")
 [ ${#seeds[@]} -gt 0 ] || seeds=(1337 1338)
@@ -24,20 +27,26 @@ timed() {  # timed NAME COMMAND...: run it, its output in $out/NAME.log; say how
 timed pretrain python train.py hydra.run.dir="$out/pretrain"
 for seed in "${seeds[@]}"; do
     run=$out/seed$seed
-    sft=$run/sft/checkpoints/sft.ckpt reward=$run/reward/checkpoints/reward.ckpt ppo=$run/ppo/checkpoints/ppo.ckpt
+    sft=$run/sft/checkpoints/sft.ckpt reward=$run/reward/checkpoints/reward.ckpt
     timed "sft_$seed" python finetune.py stage=sft init_from="$out/pretrain/checkpoints/best.ckpt" seed="$seed" \
-        hydra.run.dir="$run/sft"
-    timed "reward_$seed" python finetune.py stage=reward init_from="$sft" seed="$seed" hydra.run.dir="$run/reward"
+        hydra.run.dir="$run/sft" "${extra[@]}"
+    timed "reward_$seed" python finetune.py stage=reward init_from="$sft" seed="$seed" hydra.run.dir="$run/reward" \
+        "${extra[@]}"
     timed "ppo_$seed" python finetune.py stage=ppo init_from="$sft" reward_model="$reward" seed="$seed" \
-        hydra.run.dir="$run/ppo"
+        hydra.run.dir="$run/ppo" "${extra[@]}"
+    timed "dpo_$seed" python finetune.py stage=dpo init_from="$sft" seed="$seed" hydra.run.dir="$run/dpo" "${extra[@]}"
+    timed "grpo_$seed" python finetune.py stage=grpo init_from="$sft" seed="$seed" hydra.run.dir="$run/grpo" \
+        "${extra[@]}"
     timed "evaluate_$seed" python evaluate.py pretrained="$out/pretrain/checkpoints/best.ckpt" sft="$sft" \
-        reward_model="$reward" ppo="$ppo" seed="$seed" hydra.run.dir="$run/evaluate"
+        reward_model="$reward" ppo="$run/ppo/checkpoints/ppo.ckpt" dpo="$run/dpo/checkpoints/dpo.ckpt" \
+        grpo="$run/grpo/checkpoints/grpo.ckpt" seed="$seed" hydra.run.dir="$run/evaluate" "${extra[@]}"
 done
 
 grep -h -o "best val loss [0-9.]*" "$out/pretrain.log" | tail -n 1
 for seed in "${seeds[@]}"; do
     echo "seed $seed: $(grep -h -o "held-out answer loss.*" "$out/sft_$seed.log"); \
-$(grep -h -o "held-out pairwise accuracy.*" "$out/reward_$seed.log")"
+$(grep -h -o "held-out pairwise accuracy.*" "$out/reward_$seed.log"); \
+$(grep -h -o "held-out DPO loss.*" "$out/dpo_$seed.log")"
 done
 python - "$out" "${seeds[@]}" <<'EOF'
 """evaluate.py's first table of each seed, as one table: mean ± half the spread where the seeds differ."""

@@ -45,8 +45,9 @@ def test_chat_refuses_a_model_that_was_not_fine_tuned_in_one_line(checkpoints, t
     result = chat(tmp_path, f"ckpt={checkpoints['pretrained']}", questions="what light?\n")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().endswith(
-        "is a pre-trained checkpoint (train.py); chat.py needs a PPO checkpoint (finetune.py stage=ppo) or an SFT "
-        "checkpoint (finetune.py stage=sft)"
+        "is a pre-trained checkpoint (train.py); chat.py needs a PPO checkpoint (finetune.py stage=ppo) or a GRPO "
+        "checkpoint (finetune.py stage=grpo) or a DPO checkpoint (finetune.py stage=dpo) or an SFT checkpoint "
+        "(finetune.py stage=sft)"
     )
     assert len(result.stderr.strip().splitlines()) == 1
 

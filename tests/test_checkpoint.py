@@ -11,7 +11,7 @@ from gpt.core.errors import UserError
 from gpt.core.model import GPT, GPTConfig, RewardModel, build_model, full_config
 from gpt.core.tokenizer import CharTokenizer
 from gpt.posttrain.qa import Rater
-from gpt.posttrain.stages import PPOModule, RewardModule, SFTModule
+from gpt.posttrain.stages import DPOModule, GRPOModule, PPOModule, RewardModule, SFTModule
 from gpt.pretrain.lightning_module import GPTModule
 
 VOCAB = sorted(set("QA: \nabcdefghij.!?"))
@@ -29,6 +29,11 @@ def stage_module(kind: str, model=MODEL, vocab=VOCAB):
         return SFTModule(model, OPTIM, vocab, run_config=config)
     if kind == "reward":
         return RewardModule(model, OPTIM, vocab, run_config=config)
+    if kind == "dpo":
+        return DPOModule(model, OPTIM, vocab, beta=0.1, temperature=1.0, run_config=config)
+    if kind == "grpo":
+        init = build_model(vocab_size=len(vocab), **model).state_dict()
+        return GRPOModule(model, OPTIM, vocab, PPO, None, Rater({"a"}), init, run_config=config)
     reward_model = RewardModel(build_model(vocab_size=len(vocab), **model))
     init = build_model(vocab_size=len(vocab), **model).state_dict()
     return PPOModule(model, OPTIM, vocab, PPO, reward_model, Rater({"a"}), init, run_config=config)
@@ -98,9 +103,14 @@ LOADERS = {
     "finetune.py stage=reward init_from=": ("sft",),
     "finetune.py stage=ppo init_from=": ("sft",),
     "finetune.py stage=ppo reward_model=": ("reward",),
+    "finetune.py stage=dpo init_from=": ("sft",),
+    "finetune.py stage=grpo init_from=": ("sft",),
+    "finetune.py stage=grpo reward_model=": ("reward",),
     "evaluate.py pretrained=": ("pretrained",),
     "evaluate.py sft=": ("sft",),
     "evaluate.py ppo=": ("ppo",),
+    "evaluate.py dpo=": ("dpo",),
+    "evaluate.py grpo=": ("grpo",),
     "evaluate.py reward_model=": ("reward",),
 }
 WRONG = [(job, kind) for job, kinds in LOADERS.items() for kind in KINDS if kind not in kinds]
@@ -123,5 +133,5 @@ def test_the_language_model_loaders_message_names_all_three_sources(checkpoints)
         load_model(checkpoints["reward"], kinds=LANGUAGE_MODELS, job="sample.py")
     assert str(err.value) == (
         f"{checkpoints['reward']} is a reward model checkpoint (finetune.py stage=reward); sample.py needs a "
-        "language model: a checkpoint of train.py, finetune.py stage=sft or stage=ppo"
+        "language model: a checkpoint of train.py, finetune.py stage=sft, stage=ppo, stage=dpo or stage=grpo"
     )

@@ -1,5 +1,6 @@
 """The three stages of finetune.py and evaluate.py end to end (quick mode): a tiny GPT on the synthetic corpus."""
 
+import math
 import os
 import re
 import shutil
@@ -13,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from gpt.core.checkpoint import load_model, read_checkpoint
 from gpt.core.errors import UserError
 from gpt.posttrain.evaluation import evaluate, pick_checkpoints
-from gpt.posttrain.finetuning import encode_documents, finetune, load_qa, pick_inputs
-from gpt.posttrain.rlhf import answer_loss
+from gpt.posttrain.finetuning import encode_documents, finetune, load_qa, pick_inputs, read_inputs, sample_ranked
+from gpt.posttrain.rlhf import answer_logprobs, answer_loss, pairwise_accuracy
 from gpt.pretrain.data import CharDataModule
 from gpt.pretrain.lightning_module import GPTModule
 
@@ -34,6 +35,23 @@ STAGES = {
         "trainer.val_check_interval=10",
     ],
     "ppo": ["stage.updates=3", "stage.questions_per_update=8", "stage.epochs=1", "stage.minibatch_size=4"],
+    "dpo": [
+        "stage.questions=40",
+        "stage.eval_questions=20",
+        "stage.samples_per_question=3",
+        "stage.batch_size=4",
+        "stage.beta=0.5",
+        "optim.lr=3e-4",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=20",
+    ],
+    "grpo": [
+        "stage.updates=3",
+        "stage.questions_per_update=4",
+        "stage.samples_per_question=3",
+        "stage.epochs=1",
+        "stage.minibatch_size=6",
+    ],
 }
 
 
@@ -86,7 +104,13 @@ def pipeline(qa_corpus, pretrained, tmp_path_factory):
     sft = run("sft", f"init_from={pretrained}")
     reward = run("reward", f"init_from={sft}")
     ppo = run("ppo", f"init_from={sft}", f"reward_model={reward}")
-    return {"pretrained": pretrained, "sft": sft, "reward_model": reward, "ppo": ppo, "data": data}
+    dpo = run("dpo", f"init_from={sft}")
+    grpo = run("grpo", f"init_from={sft}")  # rewarded by the rater
+    grpo_rm = run("grpo", f"init_from={sft}", f"reward_model={reward}", "stage.reward=reward_model")
+    return {
+        **{"pretrained": pretrained, "sft": sft, "reward_model": reward, "ppo": ppo},
+        **{"dpo": dpo, "grpo": grpo, "grpo_rm": grpo_rm, "data": data},
+    }
 
 
 def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipeline):
@@ -109,23 +133,63 @@ def test_reward_model_is_normalised_and_ppo_writes_a_policy_that_samples(pipelin
     history = read_checkpoint(pipeline["ppo"]).raw["ppo_history"]
     assert [h["update"] for h in history] == [1, 2, 3] and history[0]["kl"] == 0.0
     samples = (Path(pipeline["ppo"]).parents[1] / "ppo_samples.md").read_text()
-    assert samples.count("| prompt | answer | reward model | rater |") == 3 and "## update 3" in samples
+    assert samples.count("| prompt | answer | reward | rater |") == 3 and "## update 3" in samples
+
+
+def test_dpo_moves_the_policy_towards_the_raters_choices_without_a_reward_model(pipeline):
+    validation = read_checkpoint(pipeline["dpo"]).raw["dpo_validation"]
+    loss_before, loss_after = validation["before"]["val/loss"], validation["after"]["val/loss"]
+    assert loss_before == pytest.approx(math.log(2), abs=1e-6)  # the policy is the reference: every margin 0
+    assert loss_after < loss_before
+    # Apart from DPO's own loss: on the pairs it trained on (the same samples again), the DPO model raises its
+    # log-probability over SFT's more for the answer the rater prefers, in most ranked pairs.
+    cfg = config("finetune", "stage=dpo", pipeline["data"], f"init_from={pipeline['sft']}", *STAGES["dpo"])
+    start, qa = read_inputs(cfg), load_qa(cfg)
+    _, rated = next(sample_ranked(cfg, start, qa))  # the training questions' answers
+    policy, _ = load_model(pipeline["dpo"])  # a language model, as sample.py loads it
+    with torch.no_grad():
+        logprobs = [
+            answer_logprobs(m(rated.idx)[0], rated.idx, rated.prompt_lengths, rated.ends)
+            for m in (policy, start.policy)
+        ]
+    ratings = torch.tensor(rated.scores).view(-1, cfg.stage.samples_per_question)
+    accuracy = pairwise_accuracy((logprobs[0] - logprobs[1]).view(ratings.shape), ratings)
+    assert accuracy > 0.7, accuracy
+
+
+@pytest.mark.parametrize("key, rewarded_by_the_reward_model", [("grpo", False), ("grpo_rm", True)])
+def test_grpo_writes_a_policy_rewarded_by_the_rater_or_the_reward_model(pipeline, key, rewarded_by_the_reward_model):
+    policy, _ = load_model(pipeline[key])  # what sample.py does
+    sft, _ = load_model(pipeline["sft"])
+    assert any(not torch.equal(w, sft.state_dict()[k]) for k, w in policy.state_dict().items())
+    history = read_checkpoint(pipeline[key]).raw["grpo_history"]
+    assert [h["update"] for h in history] == [1, 2, 3] and history[0]["kl"] == 0.0
+    assert ("rm_score" in history[0]) is rewarded_by_the_reward_model
+    if not rewarded_by_the_reward_model:  # the rater's total; -1 (missing_stop_reward) for an answer never stopped
+        figures = history[0]
+        assert figures["reward"] == pytest.approx(figures["rater_score"] - (1 - figures["stop_rate"]), abs=1e-6)
+    samples = (Path(pipeline[key]).parents[1] / "grpo_samples.md").read_text()
+    assert samples.count("| prompt | answer | reward | rater |") == 3
 
 
 def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
-    paths = [f"{key}={pipeline[key]}" for key in ("pretrained", "sft", "ppo", "reward_model")]
+    paths = [f"{key}={pipeline[key]}" for key in ("pretrained", "sft", "ppo", "dpo", "grpo", "reward_model")]
     table = evaluate(config("evaluate", pipeline["data"], *paths, f"output_dir={tmp_path}", "questions=20"))
     header, _, *rows = table.splitlines()
-    assert header == "| on held-out questions | real replies | pre-trained | SFT | PPO |"
-    figures = {row.split(" | ")[0].strip("| "): row.split(" | ")[1:] for row in rows}
+    assert header == "| on held-out questions | real replies | pre-trained | SFT | PPO | DPO | GRPO |"
+    figures = {row.split(" | ")[0].strip("| "): [c.strip(" |") for c in row.split(" | ")[1:]] for row in rows}
     kl = figures["KL to SFT (nats/answer)"]
     assert kl[0] == "n/a" and kl[2] == "0.00"  # the real replies have none; the SFT model against itself
+    wins = figures["win rate against SFT (rater, ties half)"]
+    assert wins[2] == "0.500" and all(0 <= float(w) <= 1 for w in wins)  # SFT against itself: every question a tie
+    times = figures["stage wall time (s)"]
+    assert times[:2] == ["n/a", "n/a"] and all(float(t) > 0 for t in times[2:])  # train.py records none
     assert figures["stop rate"][0] == "1.000" and figures["sentence end"][0] == "1.000"  # the play's replies
     assert {"rater score", "reward-model score", "distinct answers", "shares a content word with its question"} <= (
         figures.keys()
     )
     assert (tmp_path / "eval.png").stat().st_size > 10_000
-    assert "| question | held-out answer | pre-trained | SFT | PPO |" in (tmp_path / "eval.md").read_text()
+    assert "| question | held-out answer | pre-trained | SFT | PPO | DPO | GRPO |" in (tmp_path / "eval.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -149,6 +213,27 @@ def test_evaluation_writes_a_table_and_a_plot(pipeline, tmp_path):
         ),
         (["stage=sft", "init_from={pretrained}", "qa.max_answer_chars=30"], "more than the model's context 32"),
         (["stage=reward", "init_from={sft}", "stage.samples_per_question=1"], "samples_per_question must be >= 2"),
+        (
+            ["stage=grpo", "init_from={grpo}"],
+            "is a GRPO checkpoint (finetune.py stage=grpo); finetune.py stage=grpo init_from= needs an SFT checkpoint",
+        ),
+        (
+            ["stage=grpo", "init_from={sft}", "stage.reward=reward_model", "reward_model={dpo}"],
+            "is a DPO checkpoint (finetune.py stage=dpo); finetune.py stage=grpo reward_model= needs a reward model",
+        ),
+        (
+            ["stage=grpo", "init_from={sft}", "reward_model={reward_model}"],
+            "is read only by stage=ppo and by stage=grpo with stage.reward=reward_model: leave it out",
+        ),
+        (["stage=grpo", "init_from={sft}", "stage.reward=reward_model"], "stage=grpo reward_model= not given"),
+        (
+            ["stage=dpo", "init_from={dpo}"],
+            "is a DPO checkpoint (finetune.py stage=dpo); finetune.py stage=dpo init_from= needs an SFT checkpoint",
+        ),
+        (
+            ["stage=ppo", "init_from={sft}", "reward_model={dpo}"],
+            "is a DPO checkpoint (finetune.py stage=dpo); finetune.py stage=ppo reward_model= needs a reward model",
+        ),
         (["stage=sft", "init_from=missing.ckpt"], "checkpoint missing.ckpt not found"),
         (["stage=sft", "init_from={pretrained}", "trainer.accelerator=cpu", "trainer.devices=2"], "runs on one device"),
     ],
@@ -174,6 +259,11 @@ def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message,
         (["stage=ppo", "stage.lam=-0.1"], "stage.lam=-0.1 must be in [0, 1]"),
         (["stage=ppo", "stage.max_grad_norm=0"], "stage.max_grad_norm=0 must be > 0"),
         (["stage=ppo", "stage.examples_per_update=-1"], "stage.examples_per_update=-1 must be >= 0"),
+        (["stage=dpo", "stage.beta=0"], "stage.beta=0 must be > 0"),
+        (["stage=grpo", "stage.reward=judge"], "stage.reward=judge is not one of ['rater', 'reward_model']"),
+        (["stage=grpo", "stage.kl_coef=-1"], "stage.kl_coef=-1 must be >= 0"),
+        (["stage=grpo", "stage.samples_per_question=1"], "stage.samples_per_question must be >= 2"),
+        (["stage=dpo", "qa.topic_weight=2"], "qa.topic_weight=2 must be in [0, 1]"),
         (["stage=sft", "optim.betas=[0.9,1.0]"], "optim.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
         (["stage=reward", "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be a whole number >= 1"),
     ],
@@ -195,7 +285,8 @@ def test_evaluation_counts_that_cannot_work_are_refused_in_one_line(override, pr
 
 
 def test_every_stage_records_its_kind_in_its_checkpoint(pipeline):
-    kinds = {"pretrained": "pretrained", "sft": "sft", "reward_model": "reward", "ppo": "ppo"}
+    kinds = {"pretrained": "pretrained", "sft": "sft", "reward_model": "reward", "ppo": "ppo", "dpo": "dpo"}
+    kinds |= {"grpo": "grpo", "grpo_rm": "grpo"}
     for key, kind in kinds.items():
         assert torch.load(pipeline[key], weights_only=True)["kind"] == kind
         assert read_checkpoint(pipeline[key]).kind == kind
@@ -207,10 +298,13 @@ def test_every_stage_records_its_kind_in_its_checkpoint(pipeline):
         ("sft", "ppo", "is a PPO checkpoint (finetune.py stage=ppo); evaluate.py sft= needs an SFT checkpoint"),
         ("reward_model", "sft", "is an SFT checkpoint (finetune.py stage=sft); evaluate.py reward_model= needs a"),
         ("ppo", "reward_model", "is a reward model checkpoint (finetune.py stage=reward); evaluate.py ppo= needs a "),
+        ("dpo", "grpo", "is a GRPO checkpoint (finetune.py stage=grpo); evaluate.py dpo= needs a DPO checkpoint"),
+        ("grpo", "dpo", "is a DPO checkpoint (finetune.py stage=dpo); evaluate.py grpo= needs a GRPO checkpoint"),
+        ("reward_model", "dpo", "is a DPO checkpoint (finetune.py stage=dpo); evaluate.py reward_model= needs a"),
     ],
 )
 def test_evaluation_refuses_a_checkpoint_of_the_wrong_kind_in_one_line(pipeline, tmp_path, key, given, message):
-    paths = {k: pipeline[k] for k in ("sft", "reward_model", "ppo")}
+    paths = {k: pipeline[k] for k in ("sft", "reward_model", "ppo", "dpo", "grpo")}
     paths[key] = pipeline[given]
     with pytest.raises(UserError, match=re.escape(f"{pipeline[given]} {message}")) as err:
         evaluate(
@@ -241,13 +335,22 @@ def test_each_stage_takes_the_latest_checkpoint_of_the_kind_it_needs_by_name(pip
         "sft": {"init_from": "run0"},
         "reward": {"init_from": "run1"},
         "ppo": {"init_from": "run1", "reward_model": "run2"},
+        "dpo": {"init_from": "run1"},
+        "grpo": {"init_from": "run1"},
     }
     for stage, picked in expected.items():
         cfg = config("finetune", f"stage={stage}", pipeline["data"])
         pick_inputs(cfg)
         assert {key: Path(cfg[key]).parts[1] for key in picked} == picked
+    cfg = config("finetune", "stage=grpo", "stage.reward=reward_model", pipeline["data"])
+    pick_inputs(cfg)
+    assert (Path(cfg.init_from).parts[1], Path(cfg.reward_model).parts[1]) == ("run1", "run2")
+    cfg = config("finetune", "stage=grpo", pipeline["data"])  # rewarded by the rater: no reward model read
+    pick_inputs(cfg)
+    assert cfg.reward_model is None
     cfg = config("evaluate", pipeline["data"])
     pick_checkpoints(cfg)
     picked = [Path(cfg[key]).parts[1] for key in ("pretrained", "sft", "reward_model", "ppo")]
     assert picked == ["run0", "run1", "run2", "run3"]
+    assert cfg.dpo is None and cfg.grpo is None  # none under outputs/: those columns are left out
     assert cfg.overoptimised is None

@@ -2,6 +2,7 @@
 
 import pytest
 
+from gpt.core.errors import UserError
 from gpt.posttrain.qa import QAPair, Rater, content_words, extract_pairs, shares_content_word
 
 PLAY = (
@@ -69,7 +70,7 @@ RATER = Rater.from_text("good night good night sweet prince sweet prince my lord
     ],
 )
 def test_rater_scores_each_component_on_hand_written_answers(answer, stopped, known, end, length, repetition, total):
-    rating = RATER.rate(answer, stopped)
+    rating = RATER.rate("unrelated question", answer, stopped)  # topic_weight 0: the question-blind rater
     expected = (known, end, length, repetition, total)
     assert (rating.known_words, rating.sentence_end, rating.good_length, rating.repetition, rating.total) == (
         pytest.approx(expected)
@@ -99,3 +100,43 @@ def test_content_words_have_four_letters_or_more_and_are_not_stop_words():
 )
 def test_an_answer_shares_a_content_word_with_its_question(question, answer, shares):
     assert shares_content_word(question, answer) is shares
+
+
+TOPICAL = Rater(RATER.known_words | {"in", "his", "tongue"}, topic_weight=0.8)
+
+
+@pytest.mark.parametrize(
+    "question, answer, stopped, picks_up, echo, total",
+    [
+        ("Whose tongue?", "In his tongue.", True, 1, 0, 1),  # its one content word is the question's
+        ("Whose tongue?", "Good night, sweet prince.", True, 0, 0, 0.2),  # well formed, off the question: 1 - 0.8
+        ("my tongue and sword?", "My good tongue, sweet prince.", True, 1 / 4, 0, 0.4),  # 1 of 4 content words
+        ("a sweet prince of night?", "Sweet prince, good night.", True, 0, 1, 0),  # holds 3 of its 5 words: echo
+        ("Whose tongue?", "whose tongue?", True, 0, 1, 0),  # the question itself
+        ("Whose tongue?", "In his tongue", True, 1, 0, 2 / 3),  # the form still counts (no sentence end)
+        ("Whose tongue?", "In his tongue.", False, 0, 0, 0),  # never stopped
+    ],
+)
+def test_the_topical_rater_pays_for_picking_up_the_question_and_nothing_for_echoing_it(
+    question, answer, stopped, picks_up, echo, total
+):
+    rating = TOPICAL.rate(question, answer, stopped)
+    assert (rating.picks_up, rating.echo, rating.total) == pytest.approx((picks_up, echo, total))
+
+
+def test_with_topic_weight_zero_the_rater_is_the_question_blind_one_echo_or_not():
+    for question, answer in [("Whose tongue?", "whose tongue?"), ("Whose tongue?", "Good night, sweet prince.")]:
+        rating = RATER.rate(question, answer)
+        assert rating.total == rating.form > 0
+
+
+def test_one_stock_reply_for_every_question_scores_below_replies_that_pick_up_their_question():
+    pairs = [("Whose tongue?", "In his tongue."), ("the sweet prince?", "A sweet prince."), ("Good night.", "Ay.")]
+    replies = sum(TOPICAL.rate(q, a).total for q, a in pairs) / len(pairs)
+    for stock in ("Good night, sweet prince.", "my lord."):
+        assert sum(TOPICAL.rate(q, stock).total for q, _ in pairs) / len(pairs) < replies
+
+
+def test_a_topic_weight_outside_zero_to_one_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"qa.topic_weight=1.5 must be in \[0, 1\]"):
+        Rater(set(), topic_weight=1.5)

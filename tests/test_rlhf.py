@@ -11,16 +11,21 @@ from gpt.core.errors import UserError
 from gpt.core.model import build_model
 from gpt.core.tokenizer import CharTokenizer
 from gpt.posttrain import stages
+from gpt.posttrain.evaluation import win_rate
 from gpt.posttrain.finetuning import count_pairs, encode_documents, ranked_groups
 from gpt.posttrain.qa import QAPair, Rater
 from gpt.posttrain.rlhf import (
     RewardModel,
+    answer_logprobs,
     answer_loss,
     at_answer,
     bradley_terry_loss,
+    dpo_loss,
     gae,
+    group_advantages,
     join,
     kl_divergence,
+    kl_estimate,
     pad_right,
     pairwise_accuracy,
     ppo_policy_loss,
@@ -28,7 +33,7 @@ from gpt.posttrain.rlhf import (
     ppo_value_loss,
     sample_answers,
 )
-from gpt.posttrain.stages import PPOModule, RewardModule
+from gpt.posttrain.stages import GRPOModule, PPOModule, RewardModule
 
 TOKENIZER = CharTokenizer(sorted(set("QA: \nabcdefghijklmnopqrstuvwxyz.!?")))
 MODEL = {"arch": "gpt", "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": False}
@@ -108,12 +113,12 @@ def test_bradley_terry_loss_weighs_every_question_the_same_however_many_pairs_it
 
 def test_ranked_groups_keep_each_questions_answers_together_and_drop_questions_without_a_pair():
     idx, ends = torch.arange(18).view(6, 3), torch.tensor([1, 2, 3, 3, 2, 1])
-    groups = ranked_groups(idx, ends, [0.5, 0.9, 0.5, 0.2, 0.2, 0.2], group_size=3)  # question 2: all tied
+    groups = ranked_groups([0.5, 0.9, 0.5, 0.2, 0.2, 0.2], 3, idx, ends)  # question 2: all tied
     sequences, lengths, ratings = groups.tensors
     assert sequences.tolist() == [idx[:3].tolist()] and lengths.tolist() == [[1, 2, 3]]
     assert ratings.tolist() == [[0.5, 0.9, 0.5]] and count_pairs(groups) == 2  # (1, 0) and (1, 2)
     with pytest.raises(UserError, match="no pairs to learn from"):
-        ranked_groups(idx, ends, [0.2] * 6, group_size=3)
+        ranked_groups([0.2] * 6, 3, idx, ends)
 
 
 def test_gae_by_hand():
@@ -254,4 +259,94 @@ def test_ppo_starts_at_zero_kl_moves_only_the_policy_and_value_and_counts_update
     module.on_save_checkpoint(checkpoint)
     assert checkpoint["state_dict"].keys() == {f"model.{k}" for k in sft.state_dict()}
     assert len(checkpoint["ppo_history"]) == 3
-    assert (tmp_path / "ppo_samples.md").read_text().count("| prompt | answer | reward model | rater |") == 3
+    assert (tmp_path / "ppo_samples.md").read_text().count("| prompt | answer | reward | rater |") == 3
+
+
+def test_dpo_loss_by_hand():
+    # One question, two answers, answer 0 preferred: implicit rewards 0.5 * (-1 + 1.5) = 0.25 and
+    # 0.5 * (-2 + 1.5) = -0.25, margin 0.5, loss -log sigmoid(0.5) = log(1 + e^-0.5) = 0.474077.
+    logprobs, reference = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.5]])
+    loss, rewards = dpo_loss(logprobs, reference, torch.tensor([[0.9, 0.1]]), beta=0.5)
+    assert loss.item() == pytest.approx(0.474077, abs=1e-6)
+    assert rewards.tolist() == [[0.25, -0.25]]
+    # The policy equal to the reference: every margin 0, loss log 2 whatever the ratings.
+    loss, _ = dpo_loss(reference, reference, torch.tensor([[0.1, 0.9]]), beta=0.5)
+    assert loss.item() == pytest.approx(math.log(2))
+    # The rater preferring answer 1 instead: margin -0.5, loss log(1 + e^0.5) = 0.974077.
+    loss, _ = dpo_loss(logprobs, reference, torch.tensor([[0.1, 0.9]]), beta=0.5)
+    assert loss.item() == pytest.approx(0.974077, abs=1e-6)
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [0.0, 0.0, 6.0]])
+    # Group 1: mean 2, std 1 -> -1, 0, 1. Group 2: all equal -> 0. Group 3: mean 2, std sqrt((4 + 4 + 16) / 2)
+    # = sqrt(12) -> -2 / 3.4641, -2 / 3.4641, 4 / 3.4641.
+    expected = torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-0.57735, -0.57735, 1.1547]])
+    torch.testing.assert_close(group_advantages(rewards, eps=1e-12), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(group_advantages(rewards, scale=False)[2], torch.tensor([-2.0, -2.0, 4.0]))
+    assert group_advantages(rewards)[1].eq(0).all()  # eps: no 0 / 0
+
+
+def test_kl_estimate_by_hand():
+    # p(token) = 0.5 under the policy, 0.25 under the reference: ref - logp = -ln 2, e^(-ln 2) = 0.5, and
+    # 0.5 + ln 2 - 1 = 0.193147. Equal log-probs: 0.
+    logprobs, reference = torch.log(torch.tensor([[0.5, 0.3]])), torch.log(torch.tensor([[0.25, 0.3]]))
+    torch.testing.assert_close(kl_estimate(logprobs, reference), torch.tensor([[0.193147, 0.0]]))
+
+
+def test_answer_logprobs_sum_the_answer_characters_and_nothing_else():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 5)
+    idx = torch.tensor([[1, 2, 3, 4, 2, 1], [1, 2, 3, 4, 2, 0]])
+    prompt_lengths, ends = torch.tensor([2, 3]), torch.tensor([6, 5])  # answers [3, 4, 2, 1] and [4, 2]
+    logp = logits.log_softmax(-1)  # answer character t of row i is predicted at position prompt_length - 1 + t
+    expected = [logp[0, 1, 3] + logp[0, 2, 4] + logp[0, 3, 2] + logp[0, 4, 1], logp[1, 2, 4] + logp[1, 3, 2]]
+    torch.testing.assert_close(answer_logprobs(logits, idx, prompt_lengths, ends), torch.stack(expected))
+
+
+GRPO = {**PPO, "samples_per_question": 4, "scale_rewards": True, "kl_coef": 0.1, "minibatch_size": 8}
+
+
+def test_grpo_advantages_are_relative_to_each_questions_group_and_it_moves_only_the_policy(tmp_path):
+    torch.manual_seed(0)
+    sft = build_model(vocab_size=TOKENIZER.vocab_size, **MODEL)
+    module = GRPOModule(MODEL, OPTIM, TOKENIZER.chars, GRPO, None, Rater({"a"}), sft.state_dict())
+    prompts = [TOKENIZER.encode(f"Q: {q}\nA: ") for q in ("ab", "abc", "b", "ab")] * 2
+    rollouts = []
+    module.rollout = lambda prompts, rollout=module.rollout: rollouts.append(rollout(prompts)) or rollouts[-1]
+    fit = trainer(max_epochs=1, default_root_dir=tmp_path)
+    fit.fit(module, DataLoader(prompts, batch_size=4, collate_fn=list))  # 2 updates of 4 questions x 4 answers
+
+    assert fit.global_step == 2 * 2 * 2  # updates x epochs x (16 answers / minibatches of 8)
+    assert module.history[0]["kl"] == 0.0 and module.history[-1]["kl"] > 0
+    for rollout in rollouts:  # one advantage per answer, of mean 0 in each question's group of 4
+        assert rollout["advantages"].shape == (16,)
+        assert rollout["advantages"].view(4, 4).sum(1).abs().max() < 1e-4
+        groups = rollout["idx"].view(4, 4, -1)[:, :, :8]  # a group's answers follow one prompt ("Q: b\nA: " is 8)
+        assert groups.eq(groups[:, :1]).all() and rollout["prompt_lengths"].view(4, 4).tolist()[0] == [9] * 4
+    assert all(torch.equal(module.reference.state_dict()[k], w) for k, w in sft.state_dict().items())
+    assert any(not torch.equal(module.model.state_dict()[k], w) for k, w in sft.state_dict().items())
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"].keys() == {f"model.{k}" for k in sft.state_dict()}
+    assert len(checkpoint["grpo_history"]) == 2
+
+
+def test_grpo_learns_a_reward_computed_by_a_program(tmp_path):
+    """Answers are rewarded for stopping (the rater gives 0 to one that never does, missing_stop_reward -1):
+    a random policy rarely stops within the context; GRPO raises its stop rate."""
+    torch.manual_seed(0)
+    sft = build_model(vocab_size=TOKENIZER.vocab_size, **MODEL)
+    settings = {**GRPO, "samples_per_question": 8, "minibatch_size": 32, "kl_coef": 0.0, "epochs": 2}
+    optim = {**OPTIM, "lr": 1e-2, "min_lr": 1e-2}
+    module = GRPOModule(MODEL, optim, TOKENIZER.chars, settings, None, Rater({"a"}), sft.state_dict())
+    prompts = [TOKENIZER.encode(f"Q: {q}\nA: ") for q in ("ab", "abc", "b", "ab")] * 12
+    trainer(max_epochs=1, default_root_dir=tmp_path).fit(module, DataLoader(prompts, batch_size=4, collate_fn=list))
+    first, last = module.history[0], module.history[-1]
+    assert last["stop_rate"] > first["stop_rate"] + 0.3, (first["stop_rate"], last["stop_rate"])
+    assert last["reward"] > first["reward"]
+
+
+def test_win_rate_counts_a_tie_as_half():
+    # Question 1 won, 2 lost, 3 tied, 4 won: (1 + 0 + 0.5 + 1) / 4.
+    assert win_rate([0.9, 0.2, 0.5, 0.7], [0.1, 0.3, 0.5, 0.6]) == pytest.approx(2.5 / 4)

@@ -253,7 +253,8 @@ def fine_tuned(run_dir, tmp_path_factory):
             "reward",
             ["device=cpu"],
             "is a reward model checkpoint (finetune.py stage=reward); "
-            "sample.py needs a language model: a checkpoint of train.py, finetune.py stage=sft or stage=ppo",
+            "sample.py needs a language model: a checkpoint of train.py, finetune.py stage=sft, stage=ppo, stage=dpo "
+            "or stage=grpo",
         ),
     ],
 )

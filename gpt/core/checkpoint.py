@@ -1,17 +1,18 @@
 """The checkpoint contract: what every checkpoint of this project records, one reader and one loader.
 
-Every checkpoint records its **kind** (``checkpoint["kind"]``): ``pretrained`` (train.py), ``sft``, ``ppo`` or
-``reward`` (finetune.py stage=...), beside its model config and vocabulary (``hyper_parameters``), so the file
-alone rebuilds its model and tokenizer. The LightningModules write the kind in ``on_save_checkpoint``.
+Every checkpoint records its **kind** (``checkpoint["kind"]``): ``pretrained`` (train.py), ``sft``, ``ppo``,
+``dpo``, ``grpo`` or ``reward`` (finetune.py stage=...), beside its model config and vocabulary
+(``hyper_parameters``), so the file alone rebuilds its model and tokenizer. The LightningModules write the kind
+in ``on_save_checkpoint``.
 
 ``read_checkpoint`` reads a file once (plain data only, ``weights_only=True``, memory-mapped) into a
 ``Checkpoint``; a job passes that object on instead of reading the file again. ``load_model`` builds the model
-of any kind: a language model (``GPT`` or ``BigramLanguageModel``) for pretrained, sft and ppo, a
+of any kind: a language model (``GPT`` or ``BigramLanguageModel``) for pretrained, sft, ppo, dpo and grpo, a
 ``RewardModel`` for reward. Every load says which kinds it accepts; any other kind is a one-line ``UserError``
 naming what the file is and what writes the kind wanted.
 
 Checkpoints written before the kind was recorded get it inferred: a ``model.head.weight`` weight (the reward
-model's scalar head) means ``reward``; else the run config's ``stage.name``, when it is ``sft`` or ``ppo``;
+model's scalar head) means ``reward``; else the run config's ``stage.name``, when it is a kind;
 else ``pretrained`` (train.py's run config has no stage).
 
 An exported model (``export.py``) is a folder of two files that load without running any code:
@@ -41,9 +42,12 @@ KINDS = {
     "pretrained": ("a pre-trained", "train.py"),
     "sft": ("an SFT", "finetune.py stage=sft"),
     "ppo": ("a PPO", "finetune.py stage=ppo"),
+    "dpo": ("a DPO", "finetune.py stage=dpo"),
+    "grpo": ("a GRPO", "finetune.py stage=grpo"),
     "reward": ("a reward model", "finetune.py stage=reward"),
 }
-LANGUAGE_MODELS = ("pretrained", "sft", "ppo")  # the kinds that hold a language model (sample.py reads them)
+# the kinds that hold a language model (sample.py reads them)
+LANGUAGE_MODELS = ("pretrained", "sft", "ppo", "dpo", "grpo")
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +76,8 @@ class Checkpoint:
 def describe(kinds: tuple[str, ...]) -> str:
     """What ``kinds`` are, for a person: 'an SFT checkpoint (finetune.py stage=sft)'."""
     if set(kinds) == set(LANGUAGE_MODELS):
-        return "a language model: a checkpoint of train.py, finetune.py stage=sft or stage=ppo"
+        stages = ", ".join(f"stage={kind}" for kind in LANGUAGE_MODELS[1:-1])
+        return f"a language model: a checkpoint of train.py, finetune.py {stages} or stage={LANGUAGE_MODELS[-1]}"
     return " or ".join(f"{KINDS[kind][0]} checkpoint ({KINDS[kind][1]})" for kind in kinds)
 
 
@@ -81,7 +86,7 @@ def infer_kind(raw: dict) -> str:
     if "model.head.weight" in raw["state_dict"]:
         return "reward"
     stage = ((raw.get("config") or {}).get("stage") or {}).get("name")
-    return stage if stage in ("sft", "ppo") else "pretrained"
+    return stage if stage in KINDS else "pretrained"
 
 
 def read_checkpoint(path) -> Checkpoint:

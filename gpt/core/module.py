@@ -91,7 +91,7 @@ class CheckpointedModule(L.LightningModule):
     A subclass builds its own ``self.model``; extra hyperparameters (``**hparams``) are saved beside the rest.
     """
 
-    KIND: str  # "pretrained", "sft", "ppo" or "reward": see gpt.core.checkpoint.KINDS
+    KIND: str  # "pretrained", "sft", "ppo", "dpo", "grpo" or "reward": see gpt.core.checkpoint.KINDS
 
     def __init__(
         self,
@@ -109,6 +109,7 @@ class CheckpointedModule(L.LightningModule):
             {"model": full_config(**model), "optim": optim, "vocab": vocab, **hparams}, logger=False
         )
         self.run_config = run_config
+        self.wall_time_s: float | None = None  # the job's seconds up to its checkpoint, when the job says (finetune.py)
         self.seed = seed  # of each rank's dropout stream (the weights are drawn before, the batches elsewhere)
         self.tokenizer = tokenizer_for(vocab)
 
@@ -228,6 +229,7 @@ class CheckpointedModule(L.LightningModule):
         # states are gathered to it.
         checkpoint[KIND_KEY] = self.KIND
         checkpoint["config"] = self.run_config
+        checkpoint["wall_time_s"] = self.wall_time_s
         checkpoint["rng"] = {name: self._gather(state) for name, state in self._rng_states().items()}
         if "optimizer_states" in checkpoint and not isinstance(self.trainer.strategy, FSDPStrategy):
             checkpoint["optimizer_states"] = [

@@ -11,7 +11,7 @@ from gpt.core.checkpoint import KINDS, Checkpoint, read_checkpoint
 from gpt.core.errors import UserError
 
 RUN_ROOTS = ("outputs", "multirun")  # where Hydra puts run folders, relative to the current directory
-FILE_NAMES = {"pretrained": "best.ckpt", "sft": "sft.ckpt", "reward": "reward.ckpt", "ppo": "ppo.ckpt"}
+FILE_NAMES = {"pretrained": "best.ckpt", **{kind: f"{kind}.ckpt" for kind in ("sft", "reward", "ppo", "dpo", "grpo")}}
 
 
 def checkpoints_of(kind: str, name: str | None = None) -> list[Path]:

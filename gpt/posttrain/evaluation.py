@@ -1,4 +1,4 @@
-"""The job behind evaluate.py: pre-trained, SFT and PPO checkpoints compared on held-out questions."""
+"""The job behind evaluate.py: pre-trained, SFT, PPO, DPO and GRPO checkpoints compared on held-out questions."""
 
 import logging
 import random
@@ -24,6 +24,8 @@ POLICIES = {
     "pretrained": ("pre-trained", ("pretrained",)),
     "sft": ("SFT", ("sft",)),
     "ppo": ("PPO", ("ppo",)),
+    "dpo": ("DPO", ("dpo",)),
+    "grpo": ("GRPO", ("grpo",)),
     "overoptimised": ("PPO, over-optimised", ("ppo",)),
 }
 
@@ -38,8 +40,15 @@ COLUMNS = {  # figure: (table header, format); a figure of None (KL, loss of the
     "stop_rate": ("stop rate", "{:.3f}"),
     "distinct": ("distinct answers", "{:.3f}"),
     "on_topic": ("shares a content word with its question", "{:.3f}"),
+    "win_rate": ("win rate against SFT (rater, ties half)", "{:.3f}"),
     "answer_chars": ("answer length (chars)", "{:.1f}"),
+    "wall_time_s": ("stage wall time (s)", "{:.1f}"),
 }
+
+
+def win_rate(totals: list[float], sft_totals: list[float]) -> float:
+    """The share of questions whose answer the rater scores above the SFT model's answer, a tie counting half."""
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(totals, sft_totals)) / len(totals)
 
 
 def cell(figure: float | None, key: str) -> str:
@@ -73,9 +82,9 @@ def measure_replies(tokenizer, reward_model, pairs: list[QAPair], qa: QAData):
         torch.ones(len(texts), dtype=torch.bool, device=device),
     )
     idx, prompt_lengths = join(prompts, answers)
-    ratings = [qa.rater.rate(text) for text in texts]
+    ratings = [qa.rater.rate(pair.question, pair.answer) for pair in pairs]
     figures = answer_figures(pairs, answers, texts, ratings, idx, prompt_lengths, reward_model)
-    return {**figures, "kl_to_sft": None, "answer_loss": None}, texts
+    return {**figures, "kl_to_sft": None, "answer_loss": None, "wall_time_s": None}, texts, ratings
 
 
 @torch.no_grad()
@@ -96,7 +105,8 @@ def measure(model, tokenizer, sft, reward_model, pairs, qa: QAData, cfg: DictCon
         "kl_to_sft": (kl * mask).sum(1).mean().item(),
         "answer_loss": answer_loss(model(x)[0], y, answer_mask).item(),
     }
-    return figures, [text if stopped else text + " …" for text, stopped in zip(texts, answers.stopped.tolist())]
+    shown = [text if stopped else text + " …" for text, stopped in zip(texts, answers.stopped.tolist())]
+    return figures, shown, ratings
 
 
 def plot_history(runs: dict[str, list[dict]], path: Path) -> None:
@@ -122,9 +132,11 @@ def plot_history(runs: dict[str, list[dict]], path: Path) -> None:
 
 def pick_checkpoints(cfg: DictConfig) -> None:
     """Fill the checkpoints not given with the latest of their kind, and say which: an SFT model and a reward
-    model must exist; the pre-trained and PPO models are compared when there is one; overoptimised only if given."""
+    model must exist; the pre-trained, PPO, DPO and GRPO models are compared when there is one; overoptimised
+    only if given."""
     for key, kind, required in (("sft", "sft", True), ("reward_model", "reward", True),
-                                ("pretrained", "pretrained", False), ("ppo", "ppo", False)):  # fmt: skip
+                                ("pretrained", "pretrained", False), ("ppo", "ppo", False),
+                                ("dpo", "dpo", False), ("grpo", "grpo", False)):  # fmt: skip
         if cfg[key] is not None:
             continue
         found = latest_or_refuse((kind,), f"evaluate.py {key}=") if required else getattr(latest((kind,)), "path", None)
@@ -162,11 +174,15 @@ def evaluate(cfg: DictConfig) -> str:
     for key, checkpoint in checkpoints.items():
         name, kinds = POLICIES[key]
         model = sft if key == "sft" else load_policy(checkpoint, kinds, f"evaluate.py {key}=", device)[0]
-        results[name] = measure(model, tokenizer, sft, reward_model, pairs, qa, cfg)
-    for name, (figures, _) in results.items():
+        figures, texts, ratings = measure(model, tokenizer, sft, reward_model, pairs, qa, cfg)
+        results[name] = {**figures, "wall_time_s": checkpoint.raw.get("wall_time_s")}, texts, ratings
+    sft_totals = [rating.total for rating in results["SFT"][2]]
+    for figures, _, ratings in results.values():
+        figures["win_rate"] = win_rate([rating.total for rating in ratings], sft_totals)
+    for name, (figures, _, _) in results.items():
         log.info(f"{name}: " + ", ".join(f"{k} {cell(v, k)}" for k, v in figures.items()))
 
-    rows = [[COLUMNS[k][0], *(cell(f[k], k) for f, _ in results.values())] for k in COLUMNS]
+    rows = [[COLUMNS[k][0], *(cell(f[k], k) for f, _, _ in results.values())] for k in COLUMNS]
     table = markdown_table(["on held-out questions", *results], rows)
     policies = [name for name in results if name != REAL]  # the real replies are the "held-out answer" column
     examples = [
@@ -174,11 +190,16 @@ def evaluate(cfg: DictConfig) -> str:
         for i, pair in enumerate(pairs[: cfg.examples])
     ]
     out = Path(cfg.output_dir)
+    reward_time = reward.raw.get("wall_time_s")
+    reward_note = "" if reward_time is None else f" (PPO's needs the reward model's too: {reward_time:.0f} s)"
     report = (
         f"# {len(pairs)} held-out questions, one answer each (temperature {cfg.temperature}, seed {cfg.seed})\n\n"
         f"{table}\n{REAL}: the play's own reply to each question (its first sentence), scored like the models' "
         "answers; it has no KL to SFT and no answer loss. A content word has 4 letters or more and is not in "
-        "gpt/posttrain/qa.py's STOP_WORDS. The rater ignores the question; that row does not.\n\n"
+        "gpt/posttrain/qa.py's STOP_WORDS. form: the rater's question-blind part; picks up: the share of an "
+        f"answer's content words its question holds (the rater's topic_weight is {qa.rater.topic_weight}). Win "
+        "rate: per question, the rater's score of the answer against the SFT model's, a tie counting half. Stage "
+        f"wall time: the finetune.py job that wrote the checkpoint{reward_note}.\n\n"
         "Examples (… marks an answer that never stopped):\n\n"
         + markdown_table(["question", "held-out answer", *policies], examples)
     )

@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
 
+from gpt.core.errors import UserError
+
 STOP = "\n"
 MIN_COUNT = 2  # a word is "known" when it occurs at least this often in the training text
 GOOD_LENGTH = (2, 8)  # answers of 2 to 8 words score the length component
@@ -30,6 +32,11 @@ class QAPair:
     @property
     def document(self) -> str:
         return self.prompt + self.answer + STOP
+
+
+def question_of(prompt: str) -> str:
+    """The question of a prompt ``QAPair.prompt`` wrote: what the rater reads beside a sampled answer."""
+    return prompt.removeprefix("Q: ").removesuffix("\nA: ")
 
 
 def prompt_length(max_question_chars: int) -> int:
@@ -116,6 +123,13 @@ def shares_content_word(question: str, answer: str) -> bool:
     return bool(content_words(question) & content_words(answer))
 
 
+def echoes(question: str, answer: str) -> bool:
+    """Whether the answer repeats its question, or most of it: it holds more than half of the question's
+    distinct words (see ``words_of``). The cheap way to pick up a question, which the rater pays nothing for."""
+    asked = set(words_of(question))
+    return len(asked & set(words_of(answer))) > len(asked) / 2
+
+
 @dataclass(frozen=True)
 class Rating:
     """The rater's components, each in [0, 1], and their total (0 for an empty answer or one that never stops)."""
@@ -124,9 +138,12 @@ class Rating:
     sentence_end: float  # 1 if the answer ends with . ! or ?
     good_length: float  # 1 if the answer has 2 to 8 words
     repetition: float  # share of the words that repeat an earlier word of the answer (a penalty)
+    form: float  # the question-blind score of the four above: the whole of the old rater
+    picks_up: float  # share of the answer's content words that its question holds (0 for an echo)
+    echo: float  # 1 if the answer repeats its question or most of it (its total is then 0)
     total: float
 
-    COMPONENTS = ("known_words", "sentence_end", "good_length", "repetition")
+    COMPONENTS = ("form", "known_words", "sentence_end", "good_length", "repetition", "picks_up", "echo")
 
     @staticmethod
     def means(ratings: list["Rating"]) -> dict[str, float]:
@@ -135,28 +152,44 @@ class Rating:
 
 
 class Rater:
-    """A deterministic "well-formed reply" score of an answer, standing in for people who rank answers.
+    """A deterministic score of an answer to a question, standing in for people who rank answers.
 
-    total = max(0, (known_words + sentence_end + good_length) / 3 - repetition), and 0 for an answer with no
-    words or one that never emitted the stop character. It ignores the question, so one stock reply could
-    maximise it for every question: whoever optimises against it must watch answer diversity too.
+    form = max(0, (known_words + sentence_end + good_length) / 3 - repetition): a well-formed reply in the
+    play's manner, blind to the question. picks_up = the share of the answer's content words (see
+    ``content_words``) that occur in the question. total = form x (1 - topic_weight + topic_weight x picks_up),
+    and 0 for an answer that echoes its question (see ``echoes``), has no words or never emitted the stop
+    character. With ``topic_weight`` 0 the total is the form alone, echo or not: the old, question-blind rater.
+
+    picks_up is a share of the answer's content words, not a yes/no, so that a stock reply stuffed with the
+    questions' commonest words ("Good lord, hear the king again.") earns little more than one with none: with
+    topic_weight w, one stock reply for every question scores about 1 - w, below the play's own replies (a form
+    of 0.94, and a content word of their question reused in 10% of them) for w of about 0.75 or more.
     """
 
-    def __init__(self, known_words: set[str]):
+    def __init__(self, known_words: set[str], topic_weight: float = 0.0):
+        if not 0 <= topic_weight <= 1:
+            raise UserError(f"qa.topic_weight={topic_weight} must be in [0, 1] (0: the question-blind rater)")
         self.known_words = known_words
+        self.topic_weight = topic_weight
 
     @classmethod
-    def from_text(cls, text: str) -> "Rater":
+    def from_text(cls, text: str, topic_weight: float = 0.0) -> "Rater":
         counts = Counter(words_of(text))
-        return cls({word for word, count in counts.items() if count >= MIN_COUNT})
+        return cls({word for word, count in counts.items() if count >= MIN_COUNT}, topic_weight)
 
-    def rate(self, answer: str, stopped: bool = True) -> Rating:
+    def rate(self, question: str, answer: str, stopped: bool = True) -> Rating:
         words = words_of(answer)
         if not stopped or not words:
-            return Rating(0.0, 0.0, 0.0, 0.0, 0.0)
+            return Rating(*[0.0] * 8)
         known = sum(word in self.known_words for word in words) / len(words)
         sentence_end = float(answer.rstrip().endswith(SENTENCE_ENDS))
         good_length = float(GOOD_LENGTH[0] <= len(words) <= GOOD_LENGTH[1])
         repetition = 1 - len(set(words)) / len(words)
-        total = max(0.0, (known + sentence_end + good_length) / 3 - repetition)
-        return Rating(known, sentence_end, good_length, repetition, total)
+        form = max(0.0, (known + sentence_end + good_length) / 3 - repetition)
+        echo = float(echoes(question, answer))
+        said = content_words(answer)
+        picks_up = 0.0 if echo or not said else len(said & content_words(question)) / len(said)
+        if not self.topic_weight:
+            return Rating(known, sentence_end, good_length, repetition, form, picks_up, echo, form)
+        total = 0.0 if echo else form * (1 - self.topic_weight + self.topic_weight * picks_up)
+        return Rating(known, sentence_end, good_length, repetition, form, picks_up, echo, total)

@@ -32,7 +32,8 @@ def load_qa(cfg: DictConfig) -> QAData:
             f"{text_path} gives {len(train)} training and {len(heldout)} held-out question/answer "
             "pairs: it needs speeches (a 'NAME:' line, lines, a blank line) in both parts"
         )
-    return QAData(train, heldout, Rater.from_text(text[: int(cfg.data.train_fraction * len(text))]))
+    rater = Rater.from_text(text[: int(cfg.data.train_fraction * len(text))], cfg.qa.topic_weight)
+    return QAData(train, heldout, rater)
 
 
 def encode_documents(pairs: list[QAPair], tokenizer: CharTokenizer):
@@ -53,7 +54,8 @@ def sample_rated(model: GPT, tokenizer, pairs: list[QAPair], rater: Rater, sampl
     generator = torch.Generator(device).manual_seed(seed)
     answers = sample_answers(model, prompts, tokenizer.stoi[STOP], temperature, generator)
     texts = answers.texts(tokenizer)
-    return prompts, answers, texts, [rater.rate(t, s) for t, s in zip(texts, answers.stopped.tolist())]
+    questions = [pair.question for pair in pairs for _ in range(samples)]
+    return prompts, answers, texts, [rater.rate(*rated) for rated in zip(questions, texts, answers.stopped.tolist())]
 
 
 def load_policy(checkpoint: Checkpoint, kinds, job: str, device="cpu") -> tuple[GPT, CharTokenizer]:

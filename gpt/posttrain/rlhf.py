@@ -95,6 +95,42 @@ def pairwise_accuracy(scores: torch.Tensor, ratings: torch.Tensor) -> torch.Tens
     return (ranked_margins(scores, ratings) > 0).float().mean()
 
 
+def answer_logprobs(logits, idx, prompt_lengths, ends, temperature: float = 1.0) -> torch.Tensor:
+    """(N,) log-probability of each whole answer ``idx[i, prompt_lengths[i]:ends[i]]`` under the (N, T, vocab)
+    ``logits`` of ``idx``: the sum of its characters' log-probs (the stop included), what DPO compares."""
+    width = idx.size(1) - int(prompt_lengths.min())
+    positions = (prompt_lengths[:, None] + torch.arange(width, device=idx.device)[None, :]).clamp(max=idx.size(1) - 1)
+    logprobs = token_logprobs(at_answer(logits, prompt_lengths, width), idx.gather(1, positions), temperature)
+    return (logprobs * length_mask(ends - prompt_lengths, width)).sum(1)
+
+
+def dpo_loss(logprobs: torch.Tensor, reference_logprobs: torch.Tensor, ratings: torch.Tensor, beta: float):
+    """DPO's loss over (questions, K) answers: the Bradley-Terry loss of the implicit rewards
+    ``beta * (log pi(answer) - log pi_ref(answer))`` on every pair the rater ranks, a mean per question.
+
+    With K = 2 and one ranked pair it is -log sigmoid(beta * ((log pi_w - log ref_w) - (log pi_l - log ref_l))),
+    the loss of Rafailov et al. (2023); K answers give up to K(K-1)/2 pairs, each answer scored once, as the
+    reward model learns from them. Also returns the implicit rewards, whose pairwise accuracy says how often the
+    policy already prefers the rater's choice more than the reference does."""
+    rewards = beta * (logprobs - reference_logprobs)
+    return bradley_terry_loss(rewards, ratings), rewards
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages of (questions, K) rewards of K answers to each question: each reward less its group's
+    mean, divided by the group's standard deviation (unbiased, as GRPO's and TRL's) when ``scale``; a group whose
+    answers all got one reward has advantage 0 throughout (eps keeps its division finite)."""
+    advantages = rewards - rewards.mean(1, keepdim=True)
+    return advantages / (rewards.std(1, keepdim=True) + eps) if scale else advantages
+
+
+def kl_estimate(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate of sampled tokens, GRPO's penalty ("k3", Schulman 2020):
+    ``exp(ref - logp) - (ref - logp) - 1``: never negative, unbiased along samples from pi, 0 where they agree."""
+    log_ratio = reference_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
 def ppo_rewards(logprobs, reference_logprobs, mask, lengths, final_reward, kl_coef: float) -> torch.Tensor:
     """PPO's per-character rewards (N, width) of sampled answers that end at ``lengths`` (``mask`` True before).
 
