@@ -43,6 +43,10 @@ def test_test_py_evaluates_any_checkpoint_on_its_runs_test_split(tested_run, cor
     moved.write_text(make_corpus(2100, seed=1) + "~")  # another text: another vocabulary
     out = run_script("test.py", f"ckpt={tested_run / 'checkpoints' / 'best.ckpt'}", f"data_path={moved}", cwd=tmp_path)
     assert out.returncode == 1 and "gives another vocabulary than" in out.stderr and "Traceback" not in out.stderr
+    out = run_script(
+        "test.py", f"ckpt={tested_run / 'checkpoints' / 'best.ckpt'}", "data_path=missing.txt", cwd=tmp_path
+    )
+    assert out.returncode == 1 and "missing.txt does not exist: give data_path= the corpus" in out.stderr
 
 
 def test_test_py_on_a_run_without_a_test_split_says_how_to_hold_one_out(corpus_path, tmp_path):

@@ -30,8 +30,9 @@ def test(cfg: DictConfig) -> dict:
         raise UserError(
             f"{checkpoint.path} was trained without a test split: train with data.test_start=<token> to hold one out"
         )
-    if cfg.data_path:
-        data["path"] = cfg.data_path
+    data["path"] = cfg.data_path or data.get("path")
+    if data["path"] and not Path(data["path"]).expanduser().is_file():
+        raise UserError(f"{data['path']} does not exist: give data_path= the corpus {checkpoint.path} was trained on")
     datamodule = CharDataModule(**data)
     datamodule.prepare_data()
     datamodule.setup("test")
