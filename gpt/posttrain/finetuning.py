@@ -22,7 +22,7 @@ from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.posttrain.qa import prompt_length
 from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
 from gpt.posttrain.rlhf import answer_logprobs, join, pairwise_accuracy
-from gpt.posttrain.stages import DPOModule, GRPOModule, PPOModule, RewardModule, SFTModule
+from gpt.posttrain.stages import DPOModule, GRPOModule, PPOModule, RewardModule, RolloutModule, SFTModule
 
 log = logging.getLogger(__name__)
 
@@ -273,30 +273,34 @@ def run_reward(cfg, config, start: Start, qa: QAData, trainer) -> RewardModule:
     return module
 
 
-def run_ppo(cfg, config, start: Start, qa: QAData, trainer) -> PPOModule:
-    stage, tokenizer = cfg.stage, start.tokenizer
-    rng = random.Random(cfg.seed)
-    questions = rng.choices(qa.train, k=stage.updates * stage.questions_per_update)
-    prompts = [tokenizer.encode(pair.prompt) for pair in questions]
-    loader = DataLoader(prompts, batch_size=stage.questions_per_update, collate_fn=list)
-    ppo = {**config["stage"], "seed": cfg.seed}
-    module = PPOModule(
-        start.init.model_config,
-        config["optim"],
-        tokenizer.chars,
-        ppo,
-        start.reward_model,
-        qa.rater,
-        start.policy.state_dict(),
-        run_config=config,
-    )
-    trainer.fit(module, loader)
-    for figures in (module.history[0], module.history[-1]):
-        log.info(
-            "update {update}: reward model {rm_score:+.3f}, rater {rater_score:.3f}, KL {kl:.2f}, "
-            "stop rate {stop_rate:.2f}, distinct {distinct:.2f}".format(**figures)
+def run_rollouts(module_class: type[RolloutModule], summary: str):
+    """The job of a stage that learns from its own sampled answers (PPO, GRPO): ``updates`` batches of
+    ``questions_per_update`` training questions drawn with the run's seed, one update each; ``summary`` formats the
+    first and the last update's figures for the log."""
+
+    def run(cfg, config, start: Start, qa: QAData, trainer) -> RolloutModule:
+        stage, tokenizer = cfg.stage, start.tokenizer
+        rng = random.Random(cfg.seed)
+        questions = rng.choices(qa.train, k=stage.updates * stage.questions_per_update)
+        prompts = [tokenizer.encode(pair.prompt) for pair in questions]
+        loader = DataLoader(prompts, batch_size=stage.questions_per_update, collate_fn=list)
+        settings = {**config["stage"], "seed": cfg.seed}
+        module = module_class(
+            start.init.model_config,
+            config["optim"],
+            tokenizer.chars,
+            settings,
+            start.reward_model,
+            qa.rater,
+            start.policy.state_dict(),
+            run_config=config,
         )
-    return module
+        trainer.fit(module, loader)
+        for figures in (module.history[0], module.history[-1]):
+            log.info(summary.format(**figures))
+        return module
+
+    return run
 
 
 REFERENCE_CHUNK = 1024  # answers scored at once by the reference model
@@ -338,30 +342,14 @@ def run_dpo(cfg, config, start: Start, qa: QAData, trainer) -> DPOModule:
     return module
 
 
-def run_grpo(cfg, config, start: Start, qa: QAData, trainer) -> GRPOModule:
-    stage, tokenizer = cfg.stage, start.tokenizer
-    rng = random.Random(cfg.seed)
-    questions = rng.choices(qa.train, k=stage.updates * stage.questions_per_update)
-    prompts = [tokenizer.encode(pair.prompt) for pair in questions]
-    loader = DataLoader(prompts, batch_size=stage.questions_per_update, collate_fn=list)
-    grpo = {**config["stage"], "seed": cfg.seed}
-    module = GRPOModule(
-        start.init.model_config,
-        config["optim"],
-        tokenizer.chars,
-        grpo,
-        start.reward_model,
-        qa.rater,
-        start.policy.state_dict(),
-        run_config=config,
-    )
-    trainer.fit(module, loader)
-    for figures in (module.history[0], module.history[-1]):
-        log.info(
-            "update {update}: reward {reward:+.3f}, rater {rater_score:.3f} (picks up {rater_picks_up:.3f}), "
-            "KL {kl:.2f}, stop rate {stop_rate:.2f}, distinct {distinct:.2f}".format(**figures)
-        )
-    return module
-
-
+run_ppo = run_rollouts(
+    PPOModule,
+    "update {update}: reward model {rm_score:+.3f}, rater {rater_score:.3f}, KL {kl:.2f}, stop rate {stop_rate:.2f}, "
+    "distinct {distinct:.2f}",
+)
+run_grpo = run_rollouts(
+    GRPOModule,
+    "update {update}: reward {reward:+.3f}, rater {rater_score:.3f} (picks up {rater_picks_up:.3f}), KL {kl:.2f}, "
+    "stop rate {stop_rate:.2f}, distinct {distinct:.2f}",
+)
 STAGES = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo, "dpo": run_dpo, "grpo": run_grpo}
