@@ -49,11 +49,13 @@ def test_time_at_target_is_the_whole_process_wall_time_at_the_first_validation_a
 
 def test_benchmark_quick_mode_measures_every_part(corpus_path, tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--quick", "--json", str(out), f"data.path={corpus_path}", cwd=tmp_path)
+    args = ["--quick", "--batch-size", "8", "--json", str(out), f"data.path={corpus_path}"]
+    result = run_script("bench.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     bench = json.loads(out.read_text())
     (throughput,) = bench["throughput"]
     assert throughput["model"] == "tiny" and throughput["tokens_per_s"] > 0
+    assert throughput["tokens_per_step"] == 8 * 64  # --batch-size: 8 chunks of tiny's 64 tokens
     assert throughput["lightning_ms_per_step"] > 0 and throughput["plain_ms_per_step"] > 0
     (sampling,) = bench["sampling"]
     assert sampling["model"] == "modern_tiny" and sampling["characters"] == 16

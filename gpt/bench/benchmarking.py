@@ -3,6 +3,7 @@
     python bench.py                           # every model that suits this device, sampling, then the race
     python bench.py --race small modern_small --target 1.47   # on a GPU: the lecture's recipe against the modern one
     python bench.py --quick                   # a few steps of every part: CI runs it so the script cannot rot
+    python bench.py --skip-train --batch-size 32   # every model's throughput at one batch size, to compare them
 
 Prints a table per part and writes everything to bench.json (``--json``). Trailing key=value arguments are
 train.py overrides for every run of the race.
@@ -11,6 +12,7 @@ train.py overrides for every run of the race.
   ``--steps`` steps after ``--warmup`` (compilation, allocator warm-up) through ``GPTModule`` + Lightning's
   ``Trainer`` (CSV logging every ``log_every_n_steps`` as in train.py; no progress bar) and through a plain
   loop (forward, backward, clip, optimizer, schedule). The ratio of their step times is Lightning's overhead.
+  Each model trains at its own config's batch size, or all at ``--batch-size``: tokens/s compare at equal batches.
 - **MFU** (GPU): model FLOPs per token (6 x parameters + 12 x layers x context x width, the PaLM/nanoGPT
   estimate, counting the attention scores) x tokens/s over the device's dense bf16 peak.
 - **sampling**: ``--sample-chars`` (500) characters from a newline with and without the KV cache, from the same
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="model configs to time (default: those that suit the device)")
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, caches)")
+    parser.add_argument("--batch-size", type=int, help="the throughput part's batch for every model (default: each's)")
     parser.add_argument(
         "--race",
         nargs="+",
@@ -78,11 +81,12 @@ def main() -> None:
         race, sample_chars = args.race or ["tiny", "modern_tiny"], 16
     results = {"device": device_peak_flops(device)[0], "torch": torch.__version__, "threads": torch.get_num_threads()}
 
-    results["throughput"] = [bench_throughput(name, device, steps, warmup) for name in models]
+    batch = [f"data.batch_size={args.batch_size}"] if args.batch_size else []
+    results["throughput"] = [bench_throughput(name, device, steps, warmup, batch) for name in models]
     print_table(
         f"Training throughput on {results['device']} ({steps} steps after {warmup} warm-up)",
         results["throughput"],
-        ["model", "parameters", "precision", "compile", "tokens_per_s", "lightning_ms_per_step",
+        ["model", "parameters", "tokens_per_step", "precision", "compile", "tokens_per_s", "lightning_ms_per_step",
          "plain_ms_per_step", "lightning_overhead_pct", "peak_memory_mb", "mfu_pct"],
     )  # fmt: skip
     sampling_models = args.models or (["modern_tiny"] if args.quick else SAMPLING[device.type])
