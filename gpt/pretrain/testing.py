@@ -1,6 +1,5 @@
 """The job behind test.py: a pre-trained checkpoint's loss and bits per character on its corpus's test split."""
 
-import logging
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +11,6 @@ from gpt.core.errors import UserError
 from gpt.core.runs import latest_or_refuse
 from gpt.pretrain.data import CharDataModule
 from gpt.pretrain.lightning_module import GPTModule
-
-log = logging.getLogger(__name__)
 
 
 def test(cfg: DictConfig) -> dict:
