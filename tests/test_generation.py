@@ -182,3 +182,20 @@ def test_rolling_cache_feeds_one_position_per_token_at_any_length():
     model.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
     model.generate(torch.zeros((1, 20), dtype=torch.long), 30)  # a prompt already longer than block_size
     assert fed == [16] + [1] * 29  # the prompt's last window once, then one token per step
+
+
+@pytest.mark.parametrize("mixer", ["attention", "average"])
+def test_a_chunk_fed_once_the_ring_has_wrapped_sees_exactly_the_window_it_keeps(mixer):
+    # Past block_size the rolling cache is a ring (position p in slot p % block_size): slots out of order. A chunk
+    # of 5 after 30 tokens keeps the last 16 positions (19..34); its query at p sees 19..p, as one uncached pass
+    # over that window computes it (one layer: a key depends on its token alone, so the windows' keys agree).
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(20, **{**SHAPE, "n_layer": 1}, pos="rope", qk_norm=True, mixer=mixer)).eval()
+    idx = torch.randint(20, (2, 35))
+    cache = model.new_cache()
+    with torch.no_grad():
+        for t in range(30):
+            model(idx[:, t : t + 1], cache=cache)
+        chunk, _ = model(idx[:, 30:35], cache=cache)
+        window = [model(idx[:, 19 : p + 1])[0][:, -1] for p in range(30, 35)]
+    torch.testing.assert_close(chunk, torch.stack(window, dim=1), rtol=1e-4, atol=1e-5)

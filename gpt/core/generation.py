@@ -18,9 +18,12 @@ class KVCache:
     attends to the stored keys and values, which are exactly those a full forward pass would recompute.
     ``length`` counts the positions seen (the model advances it after each forward pass).
 
-    ``rolling``: once ``max_length`` positions are stored, the oldest is dropped for each new one, so the
-    window slides on past ``max_length``. Only a model with relative positions (RoPE) may do so: its cached
-    keys carry their rotation, and a query scores them by offset alone, wherever the window now starts.
+    ``rolling``: past ``max_length`` positions the window slides on, keeping the last ``max_length``. Only a
+    model with relative positions (RoPE) may do so: its cached keys carry their rotation, and a query scores them
+    by offset alone, wherever the window now starts. The buffer is a ring: position p is stored in slot
+    p % max_length, so a new token overwrites the oldest in place instead of the window being copied down one
+    slot per token. The slots are then out of order, which attention does not mind (the softmax weighs keys,
+    not their order); ``visible`` says which slots each new query may see.
     """
 
     def __init__(self, max_length: int, rolling: bool = False):
@@ -30,21 +33,31 @@ class KVCache:
         self._layers: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, layer: nn.Module, k: torch.Tensor, v: torch.Tensor):
-        """Store ``layer``'s k, v (B, H, T, head_size) after the cached positions; return all of them so far
-        (rolling: the last ``max_length``)."""
-        T = k.size(2)
+        """Store ``layer``'s k, v (B, H, T, head_size) for the next T positions; return all it holds (B, H, n, ...):
+        the positions so far in order, or, once the ring has wrapped, the last ``max_length`` in slot order."""
+        end = self.length + k.size(2)
         if layer not in self._layers:  # allocated once, at full length: no re-allocation per token
             shape = (k.size(0), k.size(1), self.max_length, k.size(3))
             self._layers[layer] = (k.new_empty(shape), v.new_empty(shape[:3] + (v.size(3),)))
         keys, values = self._layers[layer]
-        stored = min(self.length, self.max_length)
-        kept = min(stored, self.max_length - T) if self.rolling else stored  # the stored positions that stay
-        if kept < stored:  # roll: the oldest positions leave, the kept ones move to the front
-            keys[:, :, :kept] = keys[:, :, stored - kept : stored].clone()
-            values[:, :, :kept] = values[:, :, stored - kept : stored].clone()
-        keys[:, :, kept : kept + T] = k
-        values[:, :, kept : kept + T] = v
-        return keys[:, :, : kept + T], values[:, :, : kept + T]
+        if end <= self.max_length:  # in order, as a full forward pass lays them out
+            keys[:, :, self.length : end] = k
+            values[:, :, self.length : end] = v
+            return keys[:, :, :end], values[:, :, :end]
+        slots = torch.arange(self.length, end, device=k.device) % self.max_length
+        keys.index_copy_(2, slots, k)  # the new positions overwrite the oldest
+        values.index_copy_(2, slots, v)
+        return keys, values
+
+    def visible(self, n_new: int, device=None) -> torch.Tensor:
+        """(n_new, n_slots) booleans, True where the i-th new query (position length + i) may see a slot's key:
+        the slots ``update`` returned, at or before the query's position."""
+        end = self.length + n_new
+        n_slots = min(end, self.max_length)
+        slots = torch.arange(n_slots, device=device)
+        first = end - n_slots  # the oldest position held
+        positions = first + (slots - first) % self.max_length  # the position in each slot
+        return positions[None, :] <= torch.arange(self.length, end, device=device)[:, None]
 
 
 class GenerationMixin:

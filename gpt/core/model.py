@@ -71,15 +71,17 @@ class CausalAverage(nn.Module):
     equal weights (row t holds 1/(t+1) in its first t+1 columns) multiplied with the inputs.
     """
 
-    def weights(self, x, n_past=0):
-        """(T, n_past + T) averaging weights for T new positions after ``n_past`` earlier ones."""
-        mask = causal_mask(x.size(1), n_past + x.size(1), x.device)
+    def weights(self, x, cache=None):
+        """(T, T') averaging weights for x's T positions over the T' positions they may see: x's own (no cache),
+        or all the cache holds (all seen so far or, rolling with RoPE, the last block_size, in its slots' order)."""
+        T = x.size(1)
+        mask = causal_mask(T, T, x.device) if cache is None else cache.visible(T, x.device)
         return mask / mask.sum(dim=1, keepdim=True)
 
     def forward(self, x, cache=None):
+        weights = self.weights(x, cache).to(x.dtype)  # asked before the cache takes x's positions
         past = x if cache is None else cache.update(self, x[:, None], x[:, None])[1][:, 0]
-        # the positions the cache holds: all seen so far, or (a rolling cache, with RoPE) the last block_size
-        return self.weights(x, past.size(1) - x.size(1)).to(x.dtype) @ past  # (T, T') @ (B, T', C) -> (B, T, C)
+        return weights @ past  # (T, T') @ (B, T', C) -> (B, T, C)
 
 
 class Rotary(nn.Module):
@@ -152,12 +154,12 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache=None):
         B, T, C = x.shape
         q, k, v = self._heads(x, 0 if cache is None else cache.length)
+        # Without a cache (or on the prompt) queries and keys are the same positions: the causal triangle.
+        # A single new query may see every stored key. Otherwise the cache says which keys each query may see.
+        mask = None if cache is None or T == 1 or cache.length == 0 else cache.visible(T, x.device)
         if cache is not None:
             k, v = cache.update(self, k, v)  # the keys and values of every position so far
-        # Without a cache (or on the prompt) queries and keys are the same positions: the causal triangle.
-        # A single new query may see every stored key. Otherwise the queries are the last T of the keys.
         triangle = T == k.size(2)
-        mask = None if triangle or T == 1 else causal_mask(T, k.size(2), x.device)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=triangle)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads
