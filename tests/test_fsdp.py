@@ -180,7 +180,7 @@ def round_trip_worker(rank: int, out_dir, checkpoint_path):
         tokens = torch.randint(len(hparams["vocab"]), (1, hparams["model"]["block_size"] + 1))
         with torch.no_grad():  # FSDP casts the buffers to bf16 on its first forward
             strategy._forward_redirection(strategy.model, module, "loss", tokens[:, :-1], tokens[:, 1:])
-        x = torch.randn(1, 1, 40, hparams["model"]["n_embd"] // hparams["model"]["n_head"])
+        x = torch.randn(1, 40, 1, hparams["model"]["n_embd"] // hparams["model"]["n_head"])
         rotated = module.model.blocks[0].mixer.rotary(x, 0)
         # The full state on rank 0, as Lightning's FSDPStrategy.lightning_module_state_dict and optimizer_state
         # gather it, but for their offload_to_cpu: with the shards on the CPU already, FSDP (torch 2.13) then

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from gpt.core.config import compose_config
 from gpt.core.errors import UserError
-from gpt.core.model import GPT, CausalSelfAttention, GPTConfig, Rotary
+from gpt.core.model import GPT, CausalSelfAttention, GPTConfig, ReLUSquared, Rotary
 from gpt.core.schedules import lr_factor, wsd_factor
 from gpt.pretrain.lightning_module import GPTModule
 
@@ -83,15 +83,38 @@ def test_each_switch_changes_the_model_and_it_still_learns(switch):
     assert losses[-1] < losses[0] - 0.5
 
 
+def test_rope_rotates_each_pair_of_channels_by_its_positions_angle_exactly():
+    # The rotation from the table (computed once, grown as positions come: start 0, then 40 past its end), in
+    # four passes, against the pairwise formula from freshly computed angles: the same numbers to the bit.
+    rotary = Rotary(8)
+    x = torch.randn(2, 10, 3, 8)  # (batch, position, head, channel)
+    for start in (0, 40, 3):
+        inv_freq = 10000.0 ** -(torch.arange(0, 8, 2).float() / 8)
+        angles = torch.outer(torch.arange(start, start + 10, dtype=torch.float32), inv_freq)[:, None]
+        cos, sin = angles.cos(), angles.sin()
+        x1, x2 = x.chunk(2, dim=-1)
+        assert torch.equal(rotary(x, start), torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
+
+
+def test_relu_squared_has_autograds_gradient_to_the_bit():
+    x = torch.randn(64, 512, requires_grad=True)
+    grad = torch.randn(64, 512)
+    ours = torch.autograd.grad(ReLUSquared()(x), x, grad)[0]
+    autograds = torch.autograd.grad(torch.nn.functional.relu(x).square(), x, grad)[0]
+    assert torch.equal(ours, autograds)
+
+
 def test_rope_attention_scores_depend_only_on_the_offset_between_positions():
     rotary = Rotary(8)
-    q, k = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)
-    scores = rotary(q, 0) @ rotary(k, 0).transpose(-2, -1)
+    q, k = torch.randn(2, 10, 3, 8), torch.randn(2, 10, 3, 8)  # (batch, position, head, channel)
+
+    def scores(q_start, k_start):  # (batch, head, query, key)
+        return rotary(q, q_start).transpose(1, 2) @ rotary(k, k_start).permute(0, 2, 3, 1)
+
     for shift in (1, 37, 1000):  # every query and key moved by the same number of positions
-        shifted = rotary(q, shift) @ rotary(k, shift).transpose(-2, -1)
-        torch.testing.assert_close(shifted, scores, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(scores(shift, shift), scores(0, 0), rtol=1e-4, atol=1e-4)
         assert not torch.allclose(rotary(q, shift), rotary(q, 0))  # the rotation itself does move them
-    assert not torch.allclose(rotary(q, 0) @ rotary(k, 5).transpose(-2, -1), scores)  # another offset: others
+    assert not torch.allclose(scores(0, 5), scores(0, 0))  # another offset: other scores
     # and inside the attention layer, with QK-norm: the heads at positions 100.. score as those at 0..
     attention = CausalSelfAttention(GPTConfig(20, **{**SHAPE, "n_embd": 16}, pos="rope", qk_norm=True))
     x = torch.randn(1, 6, 16)

@@ -97,17 +97,30 @@ class Rotary(nn.Module):
     def __init__(self, head_size: int, base: float = 10000.0):
         super().__init__()
         self.head_size, self.base = head_size, base
+        # cos and sin of every position's angles so far, in float32: computed once, not per call, and kept out of
+        # the buffers, whose casts (FSDP's bf16 mixed precision) would make training rotate otherwise than sampling
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def angles(self, start: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, cos) and (-sin, sin) of the angles of positions start, ..., start + n - 1: (n, head_size) each,
+        float32, laid out to rotate every pair (i, i + d/2) with two products and a sum (``forward``)."""
+        if self._table is None or self._table[0].size(0) < start + n or self._table[0].device != device:
+            length = max(start + n, 2 * self._table[0].size(0) if self._table is not None else 0)
+            inv_freq = self.base ** -(torch.arange(0, self.head_size, 2, device=device).float() / self.head_size)
+            angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+            cos, sin = angles.cos(), angles.sin()
+            self._table = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        cos, sin = self._table
+        return cos[start : start + n], sin[start : start + n]
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Rotate ``x`` (B, H, T, head_size), whose positions are start, ..., start + T - 1."""
-        # The frequencies are computed here in float32, not kept in a buffer: a buffer follows the module's casts
-        # (FSDP's bf16 mixed precision casts buffers), and the rotation of training would differ from sampling's.
-        inv_freq = self.base ** -(torch.arange(0, self.head_size, 2, device=x.device).float() / self.head_size)
-        pos = torch.arange(start, start + x.size(-2), device=x.device, dtype=torch.float32)
-        angles = torch.outer(pos, inv_freq)  # (T, head_size / 2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        """Rotate ``x`` (B, T, ..., head_size), whose positions are start, ..., start + T - 1 (dim 1)."""
+        cos, sin = self.angles(start, x.size(1), x.device)
+        shape = (x.size(1),) + (1,) * (x.dim() - 3) + (-1,)  # broadcast over the dims between T and the channels
+        cos, sin = cos.to(x.dtype).view(shape), sin.to(x.dtype).view(shape)
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        # (x1 cos - x2 sin, x2 cos + x1 sin), as x (cos, cos) + (x2, x1) (-sin, sin): four passes, not seven
+        return x * cos + torch.cat((x2, x1), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -137,12 +150,14 @@ class CausalSelfAttention(nn.Module):
         """q, k, v, each (B, n_head, T, head_size): the heads attend independently, in parallel.
         ``start``: the position of x's first token (what RoPE rotates by)."""
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        qk = qkv[:, :, :2]  # queries and keys are normalised and rotated together: one pass each, not two
         if self.qk_norm:
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+            qk = F.rms_norm(qk, (qk.size(-1),))
         if self.rotary is not None:
-            q, k = self.rotary(q, start), self.rotary(k, start)
-        return q, k, v
+            qk = self.rotary(qk, start)
+        q, k = qk.unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def weights(self, x):
         """The attention weights (B, n_head, T, T), computed the lecture's way: row t is where position t looks."""
@@ -166,11 +181,29 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class _ReLUSquared(torch.autograd.Function):
+    """relu(x)² with its gradient 2·relu(x)·g in two passes over the (wide) MLP activations. Autograd's own
+    chain (square's pow backward, then relu's threshold backward) takes four, the largest element-wise cost of a
+    small model's step on a CPU; the result is the same to the bit (2·r·g is exact either way)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        return grad * (r + r)
+
+
 class ReLUSquared(nn.Module):
     """relu(x)²: the activation found by search in "Primer" (So et al. 2021) and used by modded-nanogpt."""
 
     def forward(self, x):
-        return F.relu(x).square()
+        # the autograd function only where a gradient is wanted: sampling's one-token steps skip its overhead
+        return _ReLUSquared.apply(x) if x.requires_grad else F.relu(x).square()
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu2": ReLUSquared}
