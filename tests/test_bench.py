@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from gpt.bench import throughput
+from gpt.bench.benchmarking import recipe_ratios
 from gpt.bench.race import time_at_target
 
 from .conftest import ROOT, TINY_RUN, run_script
@@ -47,6 +48,20 @@ def test_time_at_target_is_the_whole_process_wall_time_at_the_first_validation_a
     assert time_at_target(run, 1.6) == {"step_at_target": None, "wall_s_at_target": None}
 
 
+def test_the_modern_recipe_is_compared_with_the_lecture_s_at_each_batch_and_compile_setting():
+    rows = [
+        {"model": "tiny", "tokens_per_step": 2048, "compile": False, "tokens_per_s": 40.0},
+        {"model": "modern_tiny", "tokens_per_step": 2048, "compile": False, "tokens_per_s": 30.0},
+        {"model": "tiny", "tokens_per_step": 2048, "compile": True, "tokens_per_s": 50.0},
+        {"model": "modern_tiny", "tokens_per_step": 2048, "compile": True, "tokens_per_s": 45.0},
+        {"model": "modern_tiny", "tokens_per_step": 1024, "compile": False, "tokens_per_s": 20.0},  # no tiny to match
+    ]
+    assert recipe_ratios(rows) == [
+        {"tokens_per_step": 2048, "compile": False, "ratio": 0.75},
+        {"tokens_per_step": 2048, "compile": True, "ratio": 0.9},
+    ]
+
+
 def test_benchmark_quick_mode_measures_every_part(corpus_path, tmp_path):
     out = tmp_path / "bench.json"
     args = ["--quick", "--batch-size", "8", "--json", str(out), f"data.path={corpus_path}"]
@@ -59,7 +74,7 @@ def test_benchmark_quick_mode_measures_every_part(corpus_path, tmp_path):
     assert throughput["lightning_ms_per_step"] > 0 and throughput["plain_ms_per_step"] > 0
     (sampling,) = bench["sampling"]
     assert sampling["model"] == "modern_tiny" and sampling["characters"] == 16
-    assert sampling["identical_to_block_size"] and sampling["chars_per_s_cached"] > 0
+    assert sampling["identical_to_block_size"] and sampling["chars_per_s_cached"] > 0 and sampling["time_x8"] > 0
     race = bench["race"]
     reference, default = race["runs"]
     assert (reference["model"], default["model"]) == ("tiny", "modern_tiny")
