@@ -3,7 +3,14 @@
 import pytest
 
 from gpt.core.errors import UserError
-from gpt.posttrain.qa import QAPair, Rater, content_words, extract_pairs, shares_content_word
+from gpt.posttrain.qa import (
+    QAPair,
+    Rater,
+    content_words,
+    extract_pairs,
+    hints,
+    shares_content_word,
+)
 
 PLAY = (
     "ROMEO:\nBut soft, what light\nthrough yonder window breaks?\n\n"
@@ -140,3 +147,8 @@ def test_one_stock_reply_for_every_question_scores_below_replies_that_pick_up_th
 def test_a_topic_weight_outside_zero_to_one_is_refused_in_one_line():
     with pytest.raises(UserError, match=r"qa.topic_weight=1.5 must be in \[0, 1\]"):
         Rater(set(), topic_weight=1.5)
+
+
+def test_the_hints_are_the_questions_content_words_in_order_once_each_as_it_spells_them():
+    assert hints("my tongue, my TONGUE and Sweet prince?") == ["tongue", "Sweet", "prince"]
+    assert hints("What say you?") == []  # no content word: nothing to start an answer with
