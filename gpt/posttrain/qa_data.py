@@ -65,11 +65,13 @@ def hinted_answers(
 ) -> list[QAPair]:
     """Answers of the model that pick up their question, found by starting them with a word of it: for each
     question, ``samples`` answers that begin with its last content word (``hints``), the model writing the rest
-    (temperature 1). Of a question's answers the one the rater scores highest is kept (as the pair question /
-    that answer) if it stopped, picks up its question (not an echo), has a form
-    of at least ``min_form`` and at most ``max_chars`` characters. Rejection sampling, as in expert iteration
-    or Llama 2's, with a proposal: the model alone almost never starts there (0.3% of the SFT model's answers
-    pick up their question), so best-of-N of its own answers would find few."""
+    (temperature 1). Of a question's answers the one the rater scores highest is kept, as the pair (question,
+    answer), if it picks up its question (the rater's ``picks_up`` above 0: not an echo, and stopped, since an
+    answer that never stops rates 0 throughout), has a form of at least ``min_form`` and at most ``max_chars``
+    characters. Rejection sampling (best of N, as in expert iteration or Llama 2's) with a proposal: unhinted,
+    the SFT model picks up its question in 0.3% of its answers, so best of N of them would find almost none.
+    The last content word, not any: of the play's replies that pick up their question, 77 of 113 reuse its last
+    one ("back on good condition." / "Condition!"), and one place to copy from makes one rule to learn."""
     pairs = [QAPair(question, "") for question in questions]
     jobs = [(i, hints(pair.question)[-1]) for i, pair in enumerate(pairs) if hints(pair.question)]
     jobs = [(i, hint) for i, hint in jobs if all(c in tokenizer.stoi for c in hint)]
@@ -83,7 +85,7 @@ def hinted_answers(
         i, hint = jobs[row // samples]
         answer = hint + text
         rating = rater.rate(pairs[i].question, answer, stopped)
-        good = stopped and rating.picks_up > 0 and rating.form >= min_form and len(answer) <= max_chars
+        good = rating.picks_up > 0 and rating.form >= min_form and len(answer) <= max_chars
         if good and rating.total > best.get(i, (-1.0, ""))[0]:
             best[i] = (rating.total, answer)
     return [QAPair(pairs[i].question, answer) for i, (_, answer) in sorted(best.items())]
