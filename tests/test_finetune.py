@@ -365,13 +365,14 @@ def test_each_stage_takes_the_latest_checkpoint_of_the_kind_it_needs_by_name(pip
     monkeypatch.chdir(tmp_path)
     expected = {
         "sft": {"init_from": "run0"},
+        "sft stage.hinted_samples=2": {"init_from": "run1"},  # a second round: from the SFT model
         "reward": {"init_from": "run1"},
         "ppo": {"init_from": "run1", "reward_model": "run2"},
         "dpo": {"init_from": "run1"},
         "grpo": {"init_from": "run1"},
     }
     for stage, picked in expected.items():
-        cfg = config("finetune", f"stage={stage}", pipeline["data"])
+        cfg = config("finetune", *f"stage={stage}".split(), pipeline["data"])
         pick_inputs(cfg)
         assert {key: Path(cfg[key]).parts[1] for key in picked} == picked
     cfg = config("finetune", "stage=grpo", "stage.reward=reward_model", pipeline["data"])

@@ -162,12 +162,15 @@ def read_inputs(cfg: DictConfig) -> Start:
 def pick_inputs(cfg: DictConfig) -> None:
     """Fill each checkpoint the stage needs and was not given with the latest of its kind, and say which.
 
-    stage=sft starts from the best checkpoint of the latest pre-training run; stage=reward and stage=ppo from
-    the latest SFT model; PPO's reward model is the latest one.
+    stage=sft starts from the best checkpoint of the latest pre-training run (with stage.hinted_samples, from the
+    latest SFT model, which writes the hinted answers); stage=reward and stage=ppo from the latest SFT model;
+    PPO's reward model is the latest one.
     """
     for key, kinds in inputs(cfg).items():
         if cfg[key] is None:
-            default = ("pretrained",) if key == "init_from" and cfg.stage.name == "sft" else kinds
+            default = kinds
+            if key == "init_from" and cfg.stage.name == "sft":  # hinted answers need a model that answers
+                default = ("sft",) if cfg.stage.get("hinted_samples") else ("pretrained",)
             cfg[key] = str(latest_or_refuse(default, f"finetune.py stage={cfg.stage.name} {key}="))
             log.info(f"{key}={cfg[key]} (the latest {' or '.join(default)} checkpoint)")
 
