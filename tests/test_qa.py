@@ -8,6 +8,7 @@ from gpt.posttrain.qa import (
     Rater,
     content_words,
     extract_pairs,
+    extract_questions,
     hints,
     shares_content_word,
 )
@@ -45,6 +46,13 @@ def test_an_answer_is_the_replys_first_whole_sentence_and_a_longer_one_drops_the
     assert train == [QAPair("What light?", "Ay me!"), QAPair("And no sentence ends here", "Good night!")]
     train, _ = extract_pairs(PLAY, 0.999, max_question_chars=30, max_answer_chars=12)
     assert [pair.answer for pair in train] == ["Ay me!"]  # "It is I, thy Romeo." is longer than 12
+
+
+def test_the_training_questions_are_every_pairs_whatever_the_length_of_its_reply():
+    train, _ = extract_pairs(PLAY, 0.999, max_question_chars=20, max_answer_chars=12)
+    assert [pair.question for pair in train] == ["window breaks?"]  # "It is I, thy Romeo." is longer than 12
+    assert extract_questions(PLAY, 0.999, max_question_chars=20) == ["window breaks?", "by the same speaker."]
+    assert extract_questions(PLAY, PLAY.index("ROMEO:\nIt is") / len(PLAY), 20) == ["window breaks?"]
 
 
 def test_pairs_after_the_split_are_held_out_and_pairs_across_it_are_dropped():

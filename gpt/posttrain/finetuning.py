@@ -109,7 +109,8 @@ def check_config(cfg: DictConfig) -> None:
     if "samples_per_question" in stage:
         require(stage.samples_per_question >= 2, "stage.samples_per_question must be >= 2 to rank or compare answers")
     if "hinted_samples" in stage:
-        require(stage.hinted_samples >= 0, f"stage.hinted_samples={stage.hinted_samples} must be >= 0 (0: none)")
+        n = stage.hinted_samples
+        require(isinstance(n, int) and n >= 0, f"stage.hinted_samples={n} must be a whole number >= 0 (0: none)")
     if "hint_min_form" in stage:
         require(0 <= stage.hint_min_form <= 1, f"stage.hint_min_form={stage.hint_min_form} must be in [0, 1]")
     if "temperature" in stage:
