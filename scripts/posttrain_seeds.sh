@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The post-training table of docs/post-training.md, from scratch: one pre-training run (python train.py, the
-# default model), then SFT, the reward model, PPO, DPO, GRPO and evaluate.py for each seed. Prints each
+# default model), then for each seed SFT, a second SFT round with hinted answers (the SFT model's own answers
+# started with its question's last content word, the best rated kept: stage.hinted_samples), the reward model,
+# PPO, DPO, GRPO and evaluate.py, every method from the second round's model. Prints each
 # command's wall time, the SFT, reward-model and DPO figures, and evaluate.py's table as the mean ± half the
 # spread of the seeds. Extra arguments for every finetune.py and evaluate.py run (say qa.topic_weight=0, the
 # question-blind rater) come from the environment: POSTTRAIN_ARGS="qa.topic_weight=0" bash ...
@@ -29,6 +31,9 @@ for seed in "${seeds[@]}"; do
     run=$out/seed$seed
     sft=$run/sft/checkpoints/sft.ckpt reward=$run/reward/checkpoints/reward.ckpt
     timed "sft_$seed" python finetune.py stage=sft init_from="$out/pretrain/checkpoints/best.ckpt" seed="$seed" \
+        hydra.run.dir="$run/sft_plain" "${extra[@]}"
+    timed "sft_hinted_$seed" python finetune.py stage=sft init_from="$run/sft_plain/checkpoints/sft.ckpt" \
+        seed="$seed" stage.hinted_samples=2 trainer.max_steps=900 trainer.val_check_interval=300 \
         hydra.run.dir="$run/sft" "${extra[@]}"
     timed "reward_$seed" python finetune.py stage=reward init_from="$sft" seed="$seed" hydra.run.dir="$run/reward" \
         "${extra[@]}"
@@ -45,6 +50,8 @@ done
 grep -h -o "best val loss [0-9.]*" "$out/pretrain.log" | tail -n 1
 for seed in "${seeds[@]}"; do
     echo "seed $seed: $(grep -h -o "held-out answer loss.*" "$out/sft_$seed.log"); \
+$(grep -h -o "[0-9]* of [0-9]* training questions get.*" "$out/sft_hinted_$seed.log"); \
+$(grep -h -o "held-out answer loss.*" "$out/sft_hinted_$seed.log"); \
 $(grep -h -o "held-out pairwise accuracy.*" "$out/reward_$seed.log"); \
 $(grep -h -o "held-out DPO loss.*" "$out/dpo_$seed.log")"
 done

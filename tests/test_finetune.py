@@ -13,8 +13,11 @@ from hydra import compose, initialize_config_dir
 
 from gpt.core.checkpoint import load_model, read_checkpoint
 from gpt.core.errors import UserError
+from gpt.posttrain import finetuning
 from gpt.posttrain.evaluation import evaluate, pick_checkpoints
 from gpt.posttrain.finetuning import encode_documents, finetune, load_qa, pick_inputs, read_inputs, sample_ranked
+from gpt.posttrain.qa import hints
+from gpt.posttrain.qa_data import hinted_answers
 from gpt.posttrain.rlhf import answer_logprobs, answer_loss, pairwise_accuracy
 from gpt.pretrain.data import CharDataModule
 from gpt.pretrain.lightning_module import GPTModule
@@ -122,6 +125,33 @@ def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipelin
         with torch.no_grad():
             losses[stage] = answer_loss(model(x)[0], y, mask).item()
     assert losses["sft"] < losses["pretrained"] - 0.2, losses  # answers are short sentences: about 0.27 lower
+
+
+def test_sft_with_hinted_answers_trains_on_the_pairs_and_its_models_answers_that_pick_up_their_question(
+    pipeline, tmp_path, monkeypatch
+):
+    found, documents = [], []
+
+    def spy(*args, **kwargs):
+        found.extend(hinted_answers(*args, **kwargs))
+        return found
+
+    def encode(pairs, tokenizer):
+        documents.append(pairs)
+        return encode_documents(pairs, tokenizer)
+
+    monkeypatch.setattr(finetuning, "hinted_answers", spy)
+    monkeypatch.setattr(finetuning, "encode_documents", encode)
+    hinted = ["stage.hinted_samples=2", "stage.hint_min_form=0", "trainer.max_steps=5", "trainer.val_check_interval=5"]
+    cfg = config("finetune", "stage=sft", pipeline["data"], f"init_from={pipeline['sft']}", *hinted)
+    cfg.output_dir = str(tmp_path)
+    finetune(cfg)
+    qa = load_qa(cfg)
+    assert found and all(qa.rater.rate(p.question, p.answer).picks_up > 0 for p in found)
+    assert all(p.answer.startswith(hints(p.question)[-1]) for p in found)
+    assert documents[0] == qa.train + found  # the training documents: the play's pairs, then the hinted answers
+    questions = iter(qa.questions)
+    assert all(p.question in questions for p in found)  # at most one answer to each question, in their order
 
 
 def test_reward_model_is_normalised_and_ppo_writes_a_policy_that_samples(pipeline):
@@ -260,6 +290,9 @@ def test_bad_input_gets_a_one_line_error(pipeline, tmp_path, overrides, message,
         (["stage=ppo", "stage.max_grad_norm=0"], "stage.max_grad_norm=0 must be > 0"),
         (["stage=ppo", "stage.examples_per_update=-1"], "stage.examples_per_update=-1 must be >= 0"),
         (["stage=dpo", "stage.beta=0"], "stage.beta=0 must be > 0"),
+        (["stage=sft", "stage.hinted_samples=-1"], "stage.hinted_samples=-1 must be a whole number >= 0 (0: none)"),
+        (["stage=sft", "stage.hinted_samples=1.5"], "stage.hinted_samples=1.5 must be a whole number >= 0"),
+        (["stage=sft", "stage.hint_min_form=1.5"], "stage.hint_min_form=1.5 must be in [0, 1]"),
         (["stage=grpo", "stage.reward=judge"], "stage.reward=judge is not one of ['rater', 'reward_model']"),
         (["stage=grpo", "stage.kl_coef=-1"], "stage.kl_coef=-1 must be >= 0"),
         (["stage=grpo", "stage.samples_per_question=1"], "stage.samples_per_question must be >= 2"),
@@ -333,13 +366,14 @@ def test_each_stage_takes_the_latest_checkpoint_of_the_kind_it_needs_by_name(pip
     monkeypatch.chdir(tmp_path)
     expected = {
         "sft": {"init_from": "run0"},
+        "sft stage.hinted_samples=2": {"init_from": "run1"},  # a second round: from the SFT model
         "reward": {"init_from": "run1"},
         "ppo": {"init_from": "run1", "reward_model": "run2"},
         "dpo": {"init_from": "run1"},
         "grpo": {"init_from": "run1"},
     }
     for stage, picked in expected.items():
-        cfg = config("finetune", f"stage={stage}", pipeline["data"])
+        cfg = config("finetune", *f"stage={stage}".split(), pipeline["data"])
         pick_inputs(cfg)
         assert {key: Path(cfg[key]).parts[1] for key in picked} == picked
     cfg = config("finetune", "stage=grpo", "stage.reward=reward_model", pipeline["data"])

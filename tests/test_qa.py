@@ -3,7 +3,15 @@
 import pytest
 
 from gpt.core.errors import UserError
-from gpt.posttrain.qa import QAPair, Rater, content_words, extract_pairs, shares_content_word
+from gpt.posttrain.qa import (
+    QAPair,
+    Rater,
+    content_words,
+    extract_pairs,
+    extract_questions,
+    hints,
+    shares_content_word,
+)
 
 PLAY = (
     "ROMEO:\nBut soft, what light\nthrough yonder window breaks?\n\n"
@@ -38,6 +46,13 @@ def test_an_answer_is_the_replys_first_whole_sentence_and_a_longer_one_drops_the
     assert train == [QAPair("What light?", "Ay me!"), QAPair("And no sentence ends here", "Good night!")]
     train, _ = extract_pairs(PLAY, 0.999, max_question_chars=30, max_answer_chars=12)
     assert [pair.answer for pair in train] == ["Ay me!"]  # "It is I, thy Romeo." is longer than 12
+
+
+def test_the_training_questions_are_every_pairs_whatever_the_length_of_its_reply():
+    train, _ = extract_pairs(PLAY, 0.999, max_question_chars=20, max_answer_chars=12)
+    assert [pair.question for pair in train] == ["window breaks?"]  # "It is I, thy Romeo." is longer than 12
+    assert extract_questions(PLAY, 0.999, max_question_chars=20) == ["window breaks?", "by the same speaker."]
+    assert extract_questions(PLAY, PLAY.index("ROMEO:\nIt is") / len(PLAY), 20) == ["window breaks?"]
 
 
 def test_pairs_after_the_split_are_held_out_and_pairs_across_it_are_dropped():
@@ -140,3 +155,8 @@ def test_one_stock_reply_for_every_question_scores_below_replies_that_pick_up_th
 def test_a_topic_weight_outside_zero_to_one_is_refused_in_one_line():
     with pytest.raises(UserError, match=r"qa.topic_weight=1.5 must be in \[0, 1\]"):
         Rater(set(), topic_weight=1.5)
+
+
+def test_the_hints_are_the_questions_content_words_in_order_once_each_as_it_spells_them():
+    assert hints("my tongue, my TONGUE and Sweet prince?") == ["tongue", "Sweet", "prince"]
+    assert hints("What say you?") == []  # no content word: nothing to start an answer with

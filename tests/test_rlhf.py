@@ -14,6 +14,7 @@ from gpt.posttrain import stages
 from gpt.posttrain.evaluation import win_rate
 from gpt.posttrain.finetuning import count_pairs, encode_documents, ranked_groups
 from gpt.posttrain.qa import QAPair, Rater
+from gpt.posttrain.qa_data import hinted_answers
 from gpt.posttrain.rlhf import (
     RewardModel,
     answer_logprobs,
@@ -202,6 +203,35 @@ def test_sampled_answers_stop_at_the_first_generated_stop_or_the_end_of_the_cont
     # Answer token t of row i is predicted at position prompt_lengths[i] - 1 + t.
     positions = at_answer(torch.arange(7.0).expand(3, 7), prompt_lengths, 2)
     assert positions.tolist() == [[2, 3], [0, 1], [2, 3]]
+
+
+def test_hinted_answers_start_with_a_word_of_the_question_and_keep_the_best_that_picks_it_up():
+    tokenizer = CharTokenizer(sorted(set("QA: \nabcdefghijklmnopqrstuvwxyzPSTW,.?")))
+    rater = Rater(set("tongue of mine prince my lord a sweet".split()), topic_weight=0.8)
+    questions = ["Whose tongue?", "What say you?", "a sweet prince?"]
+
+    def script(*continuations):  # rows of one length: each padded with its last character
+        width = max(len(c) for c in continuations)
+        return [tokenizer.encode(c.ljust(width, c[-1])) for c in continuations]
+
+    # Rows of one prompt length are sampled together: "Q: Whose tongue?\nA: tongue" is 26 characters,
+    # "Q: a sweet prince?\nA: prince" 28: an answer starts with the question's last content word. "What say you?"
+    # has none: no row.
+    model = ScriptedModel(
+        {
+            26: script(" of mine.\n", *["s?\n"] * 3),  # "tongues?" reuses no word of the question: never kept
+            28: script(" sweet?\n", ", my lord.\n", " of mine", " of mine.\n"),
+            # an echo; picks it up (1 of 2 content words); never stops; picks it up, its one content word
+        },
+        block_size=64,
+    )
+    found = hinted_answers(model, tokenizer, questions, rater, samples=4, min_form=0.9, max_chars=30)
+    assert found == [QAPair("Whose tongue?", "tongue of mine."), QAPair("a sweet prince?", "prince of mine.")]
+    assert (
+        rater.rate("a sweet prince?", "prince, my lord.").total < rater.rate("a sweet prince?", "prince of mine.").total
+    )
+    # A bar on the form, or on the length, the answers do not pass drops them.
+    assert hinted_answers(model, tokenizer, questions, rater, samples=4, min_form=1.0, max_chars=14) == []
 
 
 def test_reward_model_learns_an_obvious_preference(monkeypatch):

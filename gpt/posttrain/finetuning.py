@@ -20,7 +20,7 @@ from gpt.core.runs import latest_or_refuse
 from gpt.core.tokenizer import CharTokenizer
 from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.posttrain.qa import prompt_length
-from gpt.posttrain.qa_data import QAData, encode_documents, load_policy, load_qa, sample_rated
+from gpt.posttrain.qa_data import QAData, encode_documents, hinted_answers, load_policy, load_qa, sample_rated
 from gpt.posttrain.rlhf import answer_logprobs, join, pairwise_accuracy
 from gpt.posttrain.stages import DPOModule, GRPOModule, PPOModule, RewardModule, RolloutModule, SFTModule
 
@@ -108,6 +108,11 @@ def check_config(cfg: DictConfig) -> None:
             require(stage[key] >= 1, f"stage.{key}={stage[key]} must be >= 1")
     if "samples_per_question" in stage:
         require(stage.samples_per_question >= 2, "stage.samples_per_question must be >= 2 to rank or compare answers")
+    if "hinted_samples" in stage:
+        n = stage.hinted_samples
+        require(isinstance(n, int) and n >= 0, f"stage.hinted_samples={n} must be a whole number >= 0 (0: none)")
+    if "hint_min_form" in stage:
+        require(0 <= stage.hint_min_form <= 1, f"stage.hint_min_form={stage.hint_min_form} must be in [0, 1]")
     if "temperature" in stage:
         require(stage.temperature > 0, f"stage.temperature={stage.temperature} must be > 0")
     for key, (ok, allowed) in PPO_SETTINGS.items():
@@ -158,12 +163,15 @@ def read_inputs(cfg: DictConfig) -> Start:
 def pick_inputs(cfg: DictConfig) -> None:
     """Fill each checkpoint the stage needs and was not given with the latest of its kind, and say which.
 
-    stage=sft starts from the best checkpoint of the latest pre-training run; stage=reward and stage=ppo from
-    the latest SFT model; PPO's reward model is the latest one.
+    stage=sft starts from the best checkpoint of the latest pre-training run (with stage.hinted_samples, from the
+    latest SFT model, which writes the hinted answers); stage=reward and stage=ppo from the latest SFT model;
+    PPO's reward model is the latest one.
     """
     for key, kinds in inputs(cfg).items():
         if cfg[key] is None:
-            default = ("pretrained",) if key == "init_from" and cfg.stage.name == "sft" else kinds
+            default = kinds
+            if key == "init_from" and cfg.stage.name == "sft":  # hinted answers need a model that answers
+                default = ("sft",) if cfg.stage.get("hinted_samples") else ("pretrained",)
             cfg[key] = str(latest_or_refuse(default, f"finetune.py stage={cfg.stage.name} {key}="))
             log.info(f"{key}={cfg[key]} (the latest {' or '.join(default)} checkpoint)")
 
@@ -203,7 +211,26 @@ def run_sft(cfg, config, start: Start, qa: QAData, trainer) -> SFTModule:
     tokenizer = start.tokenizer
     module = SFTModule(start.init.model_config, config["optim"], tokenizer.chars, run_config=config, seed=cfg.seed)
     module.model.load_state_dict(start.policy.state_dict())
-    train = TensorDataset(*encode_documents(qa.train, tokenizer))
+    pairs = qa.train
+    if cfg.stage.hinted_samples:
+        stage = cfg.stage
+        found = hinted_answers(
+            start.policy,
+            tokenizer,
+            qa.questions,
+            qa.rater,
+            stage.hinted_samples,
+            stage.hint_min_form,
+            cfg.qa.max_answer_chars,
+            seed=cfg.seed,
+        )
+        log.info(
+            f"{len(found)} of {len(qa.questions)} training questions get an answer of the starting model that picks "
+            f"them up ({stage.hinted_samples} answers each started with its last content word; form >= "
+            f"{stage.hint_min_form}): added to the {len(pairs)} documents"
+        )
+        pairs = pairs + found
+    train = TensorDataset(*encode_documents(pairs, tokenizer))
     heldout = TensorDataset(*encode_documents(qa.heldout, tokenizer))
     train_loader = DataLoader(train, batch_size=cfg.stage.batch_size, shuffle=True, drop_last=True)
     heldout_loader = DataLoader(heldout, batch_size=len(heldout))

@@ -96,6 +96,18 @@ def extract_pairs(text: str, train_fraction: float, max_question_chars: int, max
     return train, heldout
 
 
+def extract_questions(text: str, train_fraction: float, max_question_chars: int) -> list[str]:
+    """The question of every pair ``extract_pairs`` would make from the first ``train_fraction`` of the text,
+    whatever the length of the reply: the end of each speech that another speaker answers."""
+    split = int(train_fraction * len(text))
+    questions = []
+    for (_, _, speaker, words), (_, end, next_speaker, _) in pairwise(_speeches(text)):
+        question = _last_words(words, max_question_chars)
+        if speaker != next_speaker and end <= split and question:
+            questions.append(question)
+    return questions
+
+
 def words_of(text: str) -> list[str]:
     """Lower-case words: letters with inner apostrophes ("'tis" and "o'er" count as words, quotes do not)."""
     return [w.strip("'") for w in re.findall(r"[a-z']+", text.lower()) if w.strip("'")]
@@ -115,6 +127,19 @@ CONTENT_WORD_LETTERS = 4
 def content_words(text: str) -> set[str]:
     """The words of ``text`` (see ``words_of``) of at least 4 letters that are not in ``STOP_WORDS``."""
     return {w for w in words_of(text) if len(w) >= CONTENT_WORD_LETTERS and w not in STOP_WORDS}
+
+
+def hints(question: str) -> list[str]:
+    """The question's content words (see ``content_words``) in the order it says them, each once, spelt as it
+    spells them: the words an answer may start with to pick the question up ("Whose tongue?" gives ["tongue"]).
+    The question's own spelling, case included, is what a small model can copy from its context character by
+    character (after "T" it would find no "T" in "tongue" to continue from)."""
+    said, seen, found = content_words(question), set(), []
+    for word in (w.strip("'") for w in re.findall(r"[A-Za-z']+", question)):
+        if word.lower() in said and word.lower() not in seen:
+            seen.add(word.lower())
+            found.append(word)
+    return found
 
 
 def shares_content_word(question: str, answer: str) -> bool:
