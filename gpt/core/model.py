@@ -24,9 +24,9 @@ from torch.nn import functional as F
 from gpt.core.generation import GenerationMixin, KVCache
 
 
-def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
-    """(n_queries, n_keys) booleans, True where a query may look: the queries are the last positions."""
-    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_queries)
+def causal_mask(n: int, device=None) -> torch.Tensor:
+    """(n, n) booleans, True where a position may look: itself and the positions before it."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 class LanguageModel(GenerationMixin, nn.Module):
@@ -75,7 +75,7 @@ class CausalAverage(nn.Module):
         """(T, T') averaging weights for x's T positions over the T' positions they may see: x's own (no cache),
         or all the cache holds (all seen so far or, rolling with RoPE, the last block_size, in its slots' order)."""
         T = x.size(1)
-        mask = causal_mask(T, T, x.device) if cache is None else cache.visible(T, x.device)
+        mask = causal_mask(T, x.device) if cache is None else cache.visible(T, x.device)
         return mask / mask.sum(dim=1, keepdim=True)
 
     def forward(self, x, cache=None):
@@ -163,7 +163,7 @@ class CausalSelfAttention(nn.Module):
         """The attention weights (B, n_head, T, T), computed the lecture's way: row t is where position t looks."""
         q, k, _ = self._heads(x)
         scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))
-        scores = scores.masked_fill(~causal_mask(x.size(1), x.size(1), x.device), float("-inf"))
+        scores = scores.masked_fill(~causal_mask(x.size(1), x.device), float("-inf"))
         return F.softmax(scores, dim=-1)
 
     def forward(self, x, cache=None):
