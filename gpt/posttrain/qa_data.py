@@ -72,9 +72,12 @@ def hinted_answers(
     the SFT model picks up its question in 0.3% of its answers, so best of N of them would find almost none.
     The last content word, not any: of the play's replies that pick up their question, 77 of 113 reuse its last
     one ("back on good condition." / "Condition!"), and one place to copy from makes one rule to learn."""
-    pairs = [QAPair(question, "") for question in questions]
-    jobs = [(i, hints(pair.question)[-1]) for i, pair in enumerate(pairs) if hints(pair.question)]
-    jobs = [(i, hint) for i, hint in jobs if all(c in tokenizer.stoi for c in hint)]
+    pairs = [QAPair(question, "") for question in questions]  # a question's prompt, as SFT's documents open
+    jobs = []  # (question index, its hint): questions without a content word, or one spelt off-vocabulary, get none
+    for i, question in enumerate(questions):
+        words = hints(question)
+        if words and all(c in tokenizer.stoi for c in words[-1]):
+            jobs.append((i, words[-1]))
     if not jobs:
         return []
     prompts = [tokenizer.encode(pairs[i].prompt + hint) for i, hint in jobs for _ in range(samples)]
