@@ -73,6 +73,14 @@ def _speeches(text: str):
             yield start, start + len(block), lines[0][:-1], " ".join(lines[1:]).split()
 
 
+def _exchanges(text: str):
+    """(start, end, words, reply words) of each speech that another speaker answers: the start of the speech,
+    the end of the reply."""
+    for (start, _, speaker, words), (_, end, next_speaker, next_words) in pairwise(_speeches(text)):
+        if speaker != next_speaker:
+            yield start, end, words, next_words
+
+
 def extract_pairs(text: str, train_fraction: float, max_question_chars: int, max_answer_chars: int):
     """(train pairs, held-out pairs) from consecutive speeches with a change of speaker.
 
@@ -83,9 +91,7 @@ def extract_pairs(text: str, train_fraction: float, max_question_chars: int, max
     """
     split = int(train_fraction * len(text))
     train, heldout = [], []
-    for (start, _, speaker, words), (_, end, next_speaker, next_words) in pairwise(_speeches(text)):
-        if speaker == next_speaker:
-            continue
+    for start, end, words, next_words in _exchanges(text):
         pair = QAPair(_last_words(words, max_question_chars), _first_sentence(next_words, max_answer_chars))
         if not pair.question or not pair.answer:
             continue
@@ -101,9 +107,9 @@ def extract_questions(text: str, train_fraction: float, max_question_chars: int)
     whatever the length of the reply: the end of each speech that another speaker answers."""
     split = int(train_fraction * len(text))
     questions = []
-    for (_, _, speaker, words), (_, end, next_speaker, _) in pairwise(_speeches(text)):
+    for _, end, words, _ in _exchanges(text):
         question = _last_words(words, max_question_chars)
-        if speaker != next_speaker and end <= split and question:
+        if end <= split and question:
             questions.append(question)
     return questions
 
