@@ -12,6 +12,12 @@ from gpt.core.model import build_model
 from gpt.core.module import CheckpointedModule
 
 
+def bits(nats):
+    """A loss in bits per character (per token: per byte for tokenizer=byte, as enwik8's results are reported)
+    from one in nats: nats / ln 2."""
+    return nats / math.log(2)
+
+
 class GPTModule(CheckpointedModule):
     """Pre-trains a language model of gpt.core.model; its checkpoints are of kind ``pretrained``.
 
@@ -77,15 +83,14 @@ class GPTModule(CheckpointedModule):
         name = ("val/loss", "train/loss_eval")[dataloader_idx]
         self.log(name, loss, add_dataloader_idx=False, prog_bar=dataloader_idx == 0, sync_dist=True)
         if dataloader_idx == 0:
-            self.log("val/bpc", loss / math.log(2), add_dataloader_idx=False, sync_dist=True)
+            self.log("val/bpc", bits(loss), add_dataloader_idx=False, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
-        # Bits per character (per token: per byte for tokenizer=byte, as enwik8's results are reported) = nats / ln 2,
         # averaged over the batches' tokens: the batches are of one size but perhaps the last.
         x, y = batch
         _, loss = self.model(x, y)
         self.log("test/loss", loss, sync_dist=True)
-        self.log("test/bpc", loss / math.log(2), sync_dist=True)
+        self.log("test/bpc", bits(loss), sync_dist=True)
 
     def on_fit_start(self):
         self.fit_started = time.perf_counter()

@@ -1,7 +1,6 @@
 """The training job behind train.py: check the config, build data, model and trainer, fit, report."""
 
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from gpt.core.runs import latest
 from gpt.core.trainer import instantiate_trainer, trainer_problems
 from gpt.pretrain.callbacks import TrialPruning
 from gpt.pretrain.data import micro_batch_size
-from gpt.pretrain.lightning_module import GPTModule
+from gpt.pretrain.lightning_module import GPTModule, bits
 from gpt.pretrain.plots import plot_losses
 from gpt.pretrain.sweeps import current_trial
 from gpt.pretrain.tokens import TOKENIZERS
@@ -335,7 +334,7 @@ def train(cfg: DictConfig) -> float:
         result = write_result(  # what a sweep's summary reads
             cfg.output_dir,
             best_val_loss=float(best.best_model_score),
-            best_val_bpc=float(best.best_model_score) / math.log(2),
+            best_val_bpc=bits(float(best.best_model_score)),
             **test,
             best_checkpoint=best.best_model_path,
             steps=trainer.global_step,
