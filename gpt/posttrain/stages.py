@@ -285,13 +285,13 @@ class RolloutModule(PolicyModule):
                 self.clip_gradients(optimizer, gradient_clip_val=cfg["max_grad_norm"], gradient_clip_algorithm="norm")
                 optimizer.step()
                 scheduler.step()
-                for key, value in figures.items():
-                    totals[key] = totals.get(key, 0.0) + value.item()
+                for key, value in figures.items():  # summed on the device: one read of each, per update
+                    totals[key] = totals.get(key, 0.0) + value.detach()
                 minibatches += 1
         figures = {
             "update": batch_idx + 1,
             **{k: float(v) for k, v in rollout["stats"].items()},
-            **{k: v / minibatches for k, v in totals.items()},
+            **{k: float(v) / minibatches for k, v in totals.items()},
         }
         self.history.append(figures)
         self.log_learning_rate()
