@@ -72,14 +72,13 @@ def qa_corpus(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def pretrained(qa_corpus, tmp_path_factory):
-    """A tiny GPT pre-trained for 60 steps: it has seen the corpus's words, not the Q/A format."""
-    datamodule = CharDataModule(path=str(qa_corpus), block_size=32, batch_size=16, eval_chunks=16)
+def pretrain(corpus, model: dict, path):
+    """A tiny GPT pre-trained for 60 steps, saved at ``path``: it has seen the corpus's words, not the Q/A format."""
+    datamodule = CharDataModule(path=str(corpus), block_size=32, batch_size=16, eval_chunks=16)
     datamodule.prepare_data()
     datamodule.setup()
     torch.manual_seed(0)  # the weights and batches, whichever tests ran before
-    module = GPTModule(MODEL, OPTIM, datamodule.tokenizer.chars)
+    module = GPTModule(model, OPTIM, datamodule.tokenizer.chars)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=60,
@@ -90,9 +89,13 @@ def pretrained(qa_corpus, tmp_path_factory):
         limit_val_batches=0,
     )
     trainer.fit(module, datamodule=datamodule)
-    path = tmp_path_factory.mktemp("pretrained") / "pretrained.ckpt"
     trainer.save_checkpoint(path, weights_only=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(qa_corpus, tmp_path_factory):
+    return pretrain(qa_corpus, MODEL, tmp_path_factory.mktemp("pretrained") / "pretrained.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,17 @@ def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipelin
         with torch.no_grad():
             losses[stage] = answer_loss(model(x)[0], y, mask).item()
     assert losses["sft"] < losses["pretrained"] - 0.2, losses  # answers are short sentences: about 0.27 lower
+
+
+def test_sft_fine_tunes_a_model_with_the_default_models_switches(qa_corpus, tmp_path):
+    """The stages' tests fine-tune the lecture's GPT; users fine-tune the default, whose RoPE keeps an angles table
+    that SFT's validation before training first made under inference mode (it then failed its first step)."""
+    switches = dict(pos="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init_proj=True, init="pytorch")
+    start = pretrain(qa_corpus, {**MODEL, **switches}, tmp_path / "pretrained.ckpt")
+    run = ["stage=sft", f"data.path={qa_corpus}", f"output_dir={tmp_path}", f"init_from={start}"]
+    cfg = config("finetune", *run, "trainer.max_steps=4", "trainer.val_check_interval=2", "stage.batch_size=16")
+    model, _ = load_model(finetune(cfg))
+    assert model.config.pos == "rope"
 
 
 def test_sft_with_hinted_answers_trains_on_the_pairs_and_its_models_answers_that_pick_up_their_question(
