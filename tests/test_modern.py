@@ -96,6 +96,16 @@ def test_rope_rotates_each_pair_of_channels_by_its_positions_angle_exactly():
         assert torch.equal(rotary(x, start), torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1))
 
 
+def test_rope_trains_after_a_pass_under_inference_mode():
+    """Lightning validates (and the stages sample) under torch.inference_mode, often before training starts: the
+    angles table made there must not be what a training step's graph saves for backward."""
+    rotary, x = Rotary(8), torch.randn(1, 5, 2, 8, requires_grad=True)
+    with torch.inference_mode():
+        rotary(x.detach())
+    rotary(x).sum().backward()
+    assert x.grad is not None
+
+
 def test_relu_squared_has_autograds_gradient_to_the_bit():
     x = torch.randn(64, 512, requires_grad=True)
     grad = torch.randn(64, 512)

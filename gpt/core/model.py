@@ -104,7 +104,10 @@ class Rotary(nn.Module):
     def angles(self, start: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, cos) and (-sin, sin) of the angles of positions start, ..., start + n - 1: (n, head_size) each,
         float32, laid out to rotate every pair (i, i + d/2) with two products and a sum (``forward``)."""
-        if self._table is None or self._table[0].size(0) < start + n or self._table[0].device != device:
+        # A table made under torch.inference_mode (Lightning's validation, or sampling) cannot enter a graph that
+        # trains: made again outside it.
+        stale = self._table is not None and self._table[0].is_inference() and not torch.is_inference_mode_enabled()
+        if self._table is None or stale or self._table[0].size(0) < start + n or self._table[0].device != device:
             length = max(start + n, 2 * self._table[0].size(0) if self._table is not None else 0)
             inv_freq = self.base ** -(torch.arange(0, self.head_size, 2, device=device).float() / self.head_size)
             angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
