@@ -130,15 +130,24 @@ def test_sft_lowers_the_held_out_answer_loss_and_writes_a_language_model(pipelin
     assert losses["sft"] < losses["pretrained"] - 0.2, losses  # answers are short sentences: about 0.27 lower
 
 
-def test_sft_fine_tunes_a_model_with_the_default_models_switches(qa_corpus, tmp_path):
-    """The stages' tests fine-tune the lecture's GPT; users fine-tune the default, whose RoPE keeps an angles table
-    that SFT's validation before training first made under inference mode (it then failed its first step)."""
+def test_every_stage_fine_tunes_a_model_with_the_default_models_switches(qa_corpus, tmp_path):
+    """The pipeline above fine-tunes the lecture's GPT; users fine-tune the default, whose RoPE keeps an angles table
+    that a stage's validation before training first made under inference mode (SFT then failed its first step)."""
     switches = dict(pos="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init_proj=True, init="pytorch")
-    start = pretrain(qa_corpus, {**MODEL, **switches}, tmp_path / "pretrained.ckpt")
-    run = ["stage=sft", f"data.path={qa_corpus}", f"output_dir={tmp_path}", f"init_from={start}"]
-    cfg = config("finetune", *run, "trainer.max_steps=4", "trainer.val_check_interval=2", "stage.batch_size=16")
-    model, _ = load_model(finetune(cfg))
-    assert model.config.pos == "rope"
+    pretrained = pretrain(qa_corpus, {**MODEL, **switches}, tmp_path / "pretrained.ckpt")
+
+    def run(stage, *args):
+        where = [f"data.path={qa_corpus}", f"output_dir={tmp_path / stage}"]
+        path = finetune(config("finetune", f"stage={stage}", *where, *STAGES[stage], *args))
+        checkpoint = read_checkpoint(path)
+        assert checkpoint.kind == stage and checkpoint.model_config["pos"] == "rope"
+        return path
+
+    sft = run("sft", f"init_from={pretrained}")
+    reward = run("reward", f"init_from={sft}")
+    run("ppo", f"init_from={sft}", f"reward_model={reward}")
+    run("dpo", f"init_from={sft}")
+    run("grpo", f"init_from={sft}")
 
 
 def test_sft_with_hinted_answers_trains_on_the_pairs_and_its_models_answers_that_pick_up_their_question(
