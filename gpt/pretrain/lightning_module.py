@@ -86,7 +86,8 @@ class GPTModule(CheckpointedModule):
             self.log("val/bpc", bits(loss), add_dataloader_idx=False, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
-        # averaged over the batches' tokens: the batches are of one size but perhaps the last.
+        # The test split's loss and bits, averaged over the batches' tokens: the batches are of one size but perhaps
+        # the last.
         x, y = batch
         _, loss = self.model(x, y)
         self.log("test/loss", loss, sync_dist=True)
