@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from gpt.core.checkpoint import Checkpoint
 from gpt.core.config import compose_config
 from gpt.core.errors import UserError
+from gpt.core.module import MUON_UNDER_FSDP
 from gpt.core.trainer import instantiate_trainer
 from gpt.pretrain.lightning_module import GPTModule
 from gpt.pretrain.training import check_config, fit_to_run_length, keep_schedule, resolve_speed_settings
@@ -51,7 +52,8 @@ def test_every_shipped_model_config_states_its_whole_recipe_in_its_own_file(mode
 
 @pytest.mark.parametrize("trainer", OPTIONS["trainer"])
 def test_every_trainer_config_instantiates(trainer, tmp_path):
-    cfg = compose_train(f"trainer={trainer}", output_dir=str(tmp_path))
+    adamw = ["optim=adamw"] if trainer == "fsdp" else []  # the default's Muon refuses FSDP (test below)
+    cfg = compose_train(f"trainer={trainer}", *adamw, output_dir=str(tmp_path))
     check_config(cfg)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         pytest.skip("needs a GPU")
@@ -132,6 +134,14 @@ def test_trainer_counts_that_would_fail_later_are_refused_at_start_up(override, 
 )
 def test_optimizer_settings_that_would_fail_later_are_refused_at_start_up(overrides, problem):
     assert problem in refused(compose_train(*overrides))
+
+
+@pytest.mark.parametrize("strategy", ["trainer=fsdp", "trainer.strategy=fsdp"])
+def test_muon_under_fsdp_is_refused_at_start_up_not_once_the_processes_run(strategy):
+    """The default model's Muon needs whole matrices; the runtime guard in configure_optimizers came after every
+    process had started and prepared its data."""
+    assert MUON_UNDER_FSDP in refused(compose_train(strategy))
+    check_config(compose_train(strategy, "optim=adamw"))
 
 
 @pytest.mark.parametrize(

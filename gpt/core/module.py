@@ -20,6 +20,10 @@ from gpt.core.tokenizer import tokenizer_for
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "muon")
+# The default model's Muon with FSDP: refused at start-up (train.py's config check) and where the optimizer is built
+MUON_UNDER_FSDP = (
+    "optim=muon orthogonalises whole matrices, which FSDP shards: use trainer=ddp, or FSDP with optim=adamw"
+)
 MATRIX_LAYERS = (nn.Linear, nn.Embedding)  # whose weights AdamW decays
 
 
@@ -136,7 +140,7 @@ class CheckpointedModule(L.LightningModule):
         the rest (embeddings, head, norm gains, biases). One schedule scales both learning rates."""
         cfg = self.hparams.optim
         if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            raise UserError("optim=muon orthogonalises whole matrices, which FSDP shards: use strategy=ddp")
+            raise UserError(MUON_UNDER_FSDP)
         named_params = [(name, p) for name, p in named_params if p.requires_grad]
         hidden = [p for name, p in named_params if name.startswith("blocks.") and p.dim() == 2]
         ids = {id(p) for p in hidden}

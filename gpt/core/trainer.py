@@ -34,6 +34,14 @@ def instantiate_trainer(trainer_cfg, **kwargs):
     return trainer
 
 
+def shards_parameters(trainer_cfg) -> bool:
+    """Whether ``trainer.strategy`` is FSDP: given by name ("fsdp") or as a config (conf/trainer/fsdp.yaml)."""
+    strategy = trainer_cfg.get("strategy")
+    if isinstance(strategy, str):
+        return strategy.startswith("fsdp")
+    return strategy is not None and str(strategy.get("_target_", "")).endswith("FSDPStrategy")
+
+
 def trainer_problems(trainer_cfg) -> list[str]:
     """The ``trainer.*`` counts that cannot work but that Lightning accepts at start-up (it fails later, or does
     something else: a negative clipping value flips the gradients), one line each naming the key."""

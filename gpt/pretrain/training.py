@@ -21,9 +21,9 @@ from gpt.core.checkpoint import Checkpoint, load_model, read_checkpoint
 from gpt.core.errors import UserError, invalid_config
 from gpt.core.loggers import instantiate_loggers
 from gpt.core.model import full_config, model_problems
-from gpt.core.module import optim_problems
+from gpt.core.module import MUON_UNDER_FSDP, optim_problems
 from gpt.core.runs import latest
-from gpt.core.trainer import instantiate_trainer, trainer_problems
+from gpt.core.trainer import instantiate_trainer, shards_parameters, trainer_problems
 from gpt.pretrain.callbacks import TrialPruning
 from gpt.pretrain.data import micro_batch_size
 from gpt.pretrain.lightning_module import GPTModule, bits
@@ -146,6 +146,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     require(data.eval_chunks >= 1, f"data.eval_chunks={data.eval_chunks} must be >= 1")
     problems += optim_problems(optim)
+    require(not (optim.get("name") == "muon" and shards_parameters(trainer)), MUON_UNDER_FSDP)
     require(
         not 0 < optim.decay_steps < optim.warmup_steps,
         f"optim.warmup_steps={optim.warmup_steps} must be at most optim.decay_steps={optim.decay_steps}",
