@@ -130,6 +130,10 @@ def test_trainer_counts_that_would_fail_later_are_refused_at_start_up(override, 
         (["optim.warmup_steps=-1"], "optim.warmup_steps=-1 must be >= 0"),
         (["optim=muon", "optim.ns_steps=0"], "optim.ns_steps=0 must be >= 1"),
         (["optim=muon", "optim.muon_weight_decay=-0.1"], "optim.muon_weight_decay=-0.1 must be >= 0"),
+        (["optim.lr=abc"], "optim.lr='abc' must be a number"),  # was a TypeError comparing it with 0
+        (["optim.min_lr=low"], "optim.min_lr='low' must be a number"),
+        (["optim.betas=[0.9,x]"], "optim.betas=[0.9, 'x'] must be two numbers in [0, 1)"),
+        (["optim=muon", "optim.muon_momentum=true"], "optim.muon_momentum=True must be a number"),
     ],
 )
 def test_optimizer_settings_that_would_fail_later_are_refused_at_start_up(overrides, problem):

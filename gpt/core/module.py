@@ -36,30 +36,35 @@ def optim_problems(optim) -> list[str]:
         if not ok:
             problems.append(message)
 
+    def number(key, default=None):
+        """optim.<key> (or ``default``) if it is a number or unset; None, and a problem, if it is anything else."""
+        value = optim.get(key, default)
+        if value is None or is_number(value):
+            return value
+        problems.append(f"optim.{key}={value!r} must be a number")
+        return None
+
     def at_least(key, low, strict=False):
-        if optim.get(key) is not None:
-            ok = optim[key] > low if strict else optim[key] >= low
-            require(ok, f"optim.{key}={optim[key]} must be {'>' if strict else '>='} {low}")
+        value = number(key)
+        if value is not None:
+            relation = ">" if strict else ">="
+            require(value > low if strict else value >= low, f"optim.{key}={value} must be {relation} {low}")
+        return value
 
     name = optim.get("name", "adamw")
     require(name in OPTIMIZERS, f"optim.name={name} is not one of {list(OPTIMIZERS)} (choose with optim=...)")
     schedule = optim.get("schedule", "cosine")
     require(schedule in SCHEDULES, f"optim.schedule={schedule} is not one of {list(SCHEDULES)}")
-    require(
-        0 <= optim.get("decay_fraction", 0.2) <= 1,
-        f"optim.decay_fraction={optim.get('decay_fraction')} must be in [0, 1]",
-    )
-    at_least("lr", 0, strict=True)
-    if optim.get("lr") is not None and optim.get("min_lr") is not None:
-        require(
-            0 <= optim["min_lr"] <= optim["lr"],
-            f"optim.min_lr={optim['min_lr']} must be in [0, optim.lr={optim['lr']}]",
-        )
+    if (fraction := number("decay_fraction", 0.2)) is not None:
+        require(0 <= fraction <= 1, f"optim.decay_fraction={fraction} must be in [0, 1]")
+    lr, min_lr = at_least("lr", 0, strict=True), number("min_lr")
+    if lr is not None and min_lr is not None:
+        require(0 <= min_lr <= lr, f"optim.min_lr={min_lr} must be in [0, optim.lr={lr}]")
     at_least("weight_decay", 0)
     betas = optim.get("betas")
     if betas is not None:
         require(
-            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
             f"optim.betas={list(betas)} must be two numbers in [0, 1)",
         )
     at_least("warmup_steps", 0)
@@ -68,11 +73,15 @@ def optim_problems(optim) -> list[str]:
         ns_dtype = optim.get("ns_dtype", "auto")
         require(ns_dtype in ("auto", *NS_DTYPES), f"optim.ns_dtype={ns_dtype} is not one of {['auto', *NS_DTYPES]}")
         at_least("muon_lr", 0, strict=True)
-        momentum = optim.get("muon_momentum", 0.95)
-        require(0 <= momentum < 1, f"optim.muon_momentum={momentum} must be in [0, 1)")
+        if (momentum := number("muon_momentum", 0.95)) is not None:
+            require(0 <= momentum < 1, f"optim.muon_momentum={momentum} must be in [0, 1)")
         at_least("muon_weight_decay", 0)
         at_least("ns_steps", 1)
     return problems
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_optim(optim) -> None:
