@@ -220,3 +220,16 @@ def test_help_lists_the_config_groups():
     assert result.returncode == 0
     assert "model: bigram, large, medium, modern_small, modern_tiny, small, speedrun, tiny" in result.stdout
     assert "logger: csv, none, wandb" in result.stdout
+
+
+def test_a_value_of_the_wrong_kind_on_the_command_line_is_one_line_naming_it(tmp_path):
+    """Hydra takes any value; train.py compared data.batch_size='abc' with 1 and died in a TypeError. A group choice
+    (model=tiny) decides what the setting's kind is; an added key (+...) has none to check."""
+    args = ["model=tiny", "data.batch_size=abc", "optim.lr=1e-3", "data.device_batches=maybe", "+trainer.x=y"]
+    result = run_script("train.py", *args, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-3:] == [
+        "error: invalid config:",
+        "  - data.batch_size='abc' must be a number",
+        "  - data.device_batches='maybe' must be true or false",
+    ]

@@ -5,9 +5,11 @@ import random
 import warnings
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gpt.core.errors import UserError
+from gpt.core.config import mistyped_overrides
+from gpt.core.errors import UserError, invalid_config
 from gpt.core.loggers import wandb_run_finished
 
 
@@ -21,14 +23,18 @@ def run_job(job, cfg: DictConfig):
       job builds anything.
     - A W&B run the job started is finished when it ends, as failed if it raised: W&B keeps one run per
       process, and every job of a multirun after the first would otherwise log into the first one's run.
+    - A value typed on an entry point's command line that is not of its setting's kind (``data.batch_size=abc``)
+      is refused before the job starts (``mistyped_overrides``).
     - A ``UserError`` ends the process with one line, ``error: ...``, and no traceback.
     """
     logging.getLogger("lightning").handlers.clear()
     quiet_upstream_noise()
-    if "seed" in cfg:  # every job that draws random numbers has one
-        random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
     try:
+        if HydraConfig.initialized() and (problems := mistyped_overrides(cfg)):  # an entry point's command line
+            raise invalid_config(problems)
+        if "seed" in cfg:  # every job that draws random numbers has one
+            random.seed(cfg.seed)
+            torch.manual_seed(cfg.seed)
         with wandb_run_finished():
             return job(cfg)
     except UserError as err:

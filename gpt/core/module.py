@@ -11,6 +11,7 @@ from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
 
 from gpt.core.checkpoint import KIND_KEY
+from gpt.core.config import is_number
 from gpt.core.errors import UserError, invalid_config
 from gpt.core.model import full_config
 from gpt.core.muon import NS_DTYPES, MuonWithAdamW
@@ -78,10 +79,6 @@ def optim_problems(optim) -> list[str]:
         at_least("muon_weight_decay", 0)
         at_least("ns_steps", 1)
     return problems
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_optim(optim) -> None:
