@@ -224,8 +224,10 @@ def test_help_lists_the_config_groups():
 
 def test_a_value_of_the_wrong_kind_on_the_command_line_is_one_line_naming_it(tmp_path):
     """Hydra takes any value; train.py compared data.batch_size='abc' with 1 and died in a TypeError. A group choice
-    (model=tiny) decides what the setting's kind is; an added key (+...) has none to check."""
+    (model=tiny) decides what the setting's kind is; an added key (+...) has none to check; trainer.devices may be
+    a word."""
     args = ["model=tiny", "data.batch_size=abc", "optim.lr=1e-3", "data.device_batches=maybe", "+trainer.x=y"]
+    args += ["trainer.devices=auto"]  # a word Lightning takes where the config has a count
     result = run_script("train.py", *args, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-3:] == [

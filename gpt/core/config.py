@@ -23,6 +23,11 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# Settings whose number or switch may also be a word, for Lightning: devices are a count, "auto" or the GPUs' ids
+# ("0,1"); the checkpoint callback's save_last is true, false or "link".
+ALSO_WORDS = ("trainer.devices", "callbacks.model_checkpoint.save_last")
+
+
 def mistyped_overrides(cfg: DictConfig) -> list[str]:
     """Each ``key=value`` of this Hydra run's command line that is not a number where the config has one, or not
     true or false where it has a switch, one line each naming the key: Hydra takes any value, and the job would
@@ -34,9 +39,9 @@ def mistyped_overrides(cfg: DictConfig) -> list[str]:
     defaults = compose(hydra.job.config_name, overrides=chosen)
     problems = []
     for override in overrides:
-        if override.key_or_group in hydra.runtime.choices or override.is_delete() or override.value() is None:
-            continue  # a group choice; a key removed; null, whose meaning each setting's own check knows
         key = override.key_or_group
+        if key in hydra.runtime.choices or key in ALSO_WORDS or override.is_delete() or override.value() is None:
+            continue  # a group choice; a word-or-number setting; a key removed; null, which each setting's check knows
         default = OmegaConf.select(defaults, key, default=None, throw_on_resolution_failure=False)
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if isinstance(default, bool) and not isinstance(value, bool):
