@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # The post-training table of docs/post-training.md, from scratch: one pre-training run (python train.py, the
-# default model), then for each seed SFT, a second SFT round with hinted answers (the SFT model's own answers
-# started with its question's last content word, the best rated kept: stage.hinted_samples), the reward model,
-# PPO, DPO, GRPO and evaluate.py, every method from the second round's model. Prints each
-# command's wall time, the SFT, reward-model and DPO figures, and evaluate.py's table as the mean ± half the
-# spread of the seeds. Extra arguments for every finetune.py and evaluate.py run (say qa.topic_weight=0, the
-# question-blind rater) come from the environment: POSTTRAIN_ARGS="qa.topic_weight=0" bash ...
+# default model), then for each seed SFT, hinted SFT rounds (the SFT model's own answers started with its
+# question's last content word, the best rated kept: stage.hinted_samples; the first round 900 steps, each further
+# one 300 from the round before), the reward model, PPO, DPO, GRPO and evaluate.py, every method from the last
+# round's model. The seeds run side by side, each with an equal share of the CPU's cores as torch threads (unless
+# OMP_NUM_THREADS says otherwise). Prints each command's wall time, the SFT, reward-model and DPO figures, and
+# evaluate.py's table as the mean ± half the spread of the seeds. Settings from the environment:
+#   PRETRAIN_ARGS   extra arguments for train.py, say a larger model: "model.n_layer=6 model.n_head=6 model.n_embd=192"
+#   HINTED_ROUNDS   how many hinted SFT rounds (default 1)
+#   POSTTRAIN_ARGS  extra arguments for every finetune.py and evaluate.py run, say the question-blind rater:
+#                   POSTTRAIN_ARGS="qa.topic_weight=0" bash scripts/posttrain_seeds.sh
 #
 #   bash scripts/posttrain_seeds.sh [OUT_DIR [SEED ...]]     (default: outputs/posttrain_seeds 1337 1338)
 set -euo pipefail
+read -r -a pretrain_args <<< "${PRETRAIN_ARGS:-}"
 read -r -a extra <<< "${POSTTRAIN_ARGS:-}"
+rounds=${HINTED_ROUNDS:-1}
 out=${1:-outputs/posttrain_seeds}
 seeds=("${@:2}")
 [ ${#seeds[@]} -gt 0 ] || seeds=(1337 1338)
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "HINTED_ROUNDS must be a whole number >= 1, got '$rounds'" >&2; exit 2; }
 mkdir -p "$out"
+started=$SECONDS
 
 timed() {  # timed NAME COMMAND...: run it, its output in $out/NAME.log; say how long it took
     local name=$1 start=$SECONDS
@@ -26,15 +34,20 @@ timed() {  # timed NAME COMMAND...: run it, its output in $out/NAME.log; say how
     echo "$name: $((SECONDS - start)) s"
 }
 
-timed pretrain python train.py hydra.run.dir="$out/pretrain"
-for seed in "${seeds[@]}"; do
-    run=$out/seed$seed
-    sft=$run/sft/checkpoints/sft.ckpt reward=$run/reward/checkpoints/reward.ckpt
+run_seed() {  # every stage for one seed, one after another
+    local seed=$1 run=$out/seed$1 round from dir
     timed "sft_$seed" python finetune.py stage=sft init_from="$out/pretrain/checkpoints/best.ckpt" seed="$seed" \
         hydra.run.dir="$run/sft_plain" "${extra[@]}"
-    timed "sft_hinted_$seed" python finetune.py stage=sft init_from="$run/sft_plain/checkpoints/sft.ckpt" \
-        seed="$seed" stage.hinted_samples=2 trainer.max_steps=900 trainer.val_check_interval=300 \
-        hydra.run.dir="$run/sft" "${extra[@]}"
+    from=$run/sft_plain/checkpoints/sft.ckpt
+    for ((round = 1; round <= rounds; round++)); do
+        dir=$run/sft_round$round
+        [ "$round" -lt "$rounds" ] || dir=$run/sft  # the last round's model is every method's SFT model
+        timed "sft_hinted${round}_$seed" python finetune.py stage=sft init_from="$from" seed="$seed" \
+            stage.hinted_samples=2 trainer.max_steps=$((round == 1 ? 900 : 300)) trainer.val_check_interval=300 \
+            hydra.run.dir="$dir" "${extra[@]}"
+        from=$dir/checkpoints/sft.ckpt
+    done
+    local sft=$from reward=$run/reward/checkpoints/reward.ckpt
     timed "reward_$seed" python finetune.py stage=reward init_from="$sft" seed="$seed" hydra.run.dir="$run/reward" \
         "${extra[@]}"
     timed "ppo_$seed" python finetune.py stage=ppo init_from="$sft" reward_model="$reward" seed="$seed" \
@@ -45,13 +58,33 @@ for seed in "${seeds[@]}"; do
     timed "evaluate_$seed" python evaluate.py pretrained="$out/pretrain/checkpoints/best.ckpt" sft="$sft" \
         reward_model="$reward" ppo="$run/ppo/checkpoints/ppo.ckpt" dpo="$run/dpo/checkpoints/dpo.ckpt" \
         grpo="$run/grpo/checkpoints/grpo.ckpt" seed="$seed" hydra.run.dir="$run/evaluate" "${extra[@]}"
+}
+
+timed pretrain python train.py hydra.run.dir="$out/pretrain" "${pretrain_args[@]}"
+cores=$(python -c "import os; print(os.cpu_count() or 1)")
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / ${#seeds[@]} > 0 ? cores / ${#seeds[@]} : 1 ))}
+pids=()
+for seed in "${seeds[@]}"; do
+    run_seed "$seed" > "$out/seed$seed.out" 2>&1 &
+    pids+=($!)
 done
+failed=0
+for i in "${!seeds[@]}"; do
+    if wait "${pids[$i]}"; then
+        cat "$out/seed${seeds[$i]}.out"
+    else
+        cat "$out/seed${seeds[$i]}.out" >&2
+        failed=1
+    fi
+done
+[ $failed -eq 0 ] || exit 1
+echo "all seeds, $OMP_NUM_THREADS torch threads each, side by side; the whole pipeline: $((SECONDS - started)) s"
 
 grep -h -o "best val loss [0-9.]*" "$out/pretrain.log" | tail -n 1
 for seed in "${seeds[@]}"; do
     echo "seed $seed: $(grep -h -o "held-out answer loss.*" "$out/sft_$seed.log"); \
-$(grep -h -o "[0-9]* of [0-9]* training questions get.*" "$out/sft_hinted_$seed.log"); \
-$(grep -h -o "held-out answer loss.*" "$out/sft_hinted_$seed.log"); \
+$(grep -h -o "[0-9]* of [0-9]* training questions get.*" "$out/sft_hinted${rounds}_$seed.log"); \
+$(grep -h -o "held-out answer loss.*" "$out/sft_hinted${rounds}_$seed.log"); \
 $(grep -h -o "held-out pairwise accuracy.*" "$out/reward_$seed.log"); \
 $(grep -h -o "held-out DPO loss.*" "$out/dpo_$seed.log")"
 done
