@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The post-training table of docs/post-training.md, from scratch: one pre-training run (python train.py, the
-# default model), then for each seed SFT, hinted SFT rounds (the SFT model's own answers started with its
-# question's last content word, the best rated kept: stage.hinted_samples; the first round 900 steps, each further
-# one 300 from the round before), the reward model, PPO, DPO, GRPO and evaluate.py, every method from the last
-# round's model. The seeds run side by side, each with an equal share of the CPU's cores as torch threads (unless
-# OMP_NUM_THREADS says otherwise). Prints each command's wall time, the SFT, reward-model and DPO figures, and
+# default model), then for each seed SFT, hinted SFT rounds, each from the round before (the model's own answers
+# started with its question's last content word, the best of N rated kept: stage.hinted_samples=N), the reward
+# model, PPO, DPO, GRPO and evaluate.py, every method from the last round's model. The seeds run side by side, each
+# with an equal share of the CPU's cores as torch threads (unless OMP_NUM_THREADS says otherwise). Prints each command's wall time, the SFT, reward-model and DPO figures, and
 # evaluate.py's table as the mean ± half the spread of the seeds. Settings from the environment:
 #   PRETRAIN_ARGS   extra arguments for train.py, say a larger model: "model.n_layer=6 model.n_head=6 model.n_embd=192"
-#   HINTED_ROUNDS   how many hinted SFT rounds (default 1)
+#   HINTED_ROUNDS   the hinted SFT rounds, one N:STEPS each (best of N, STEPS training steps); default "2:900",
+#                   say "2:900 2:300 4:600" for three
 #   POSTTRAIN_ARGS  extra arguments for every finetune.py and evaluate.py run, say the question-blind rater:
 #                   POSTTRAIN_ARGS="qa.topic_weight=0" bash scripts/posttrain_seeds.sh
 #
@@ -15,11 +15,17 @@
 set -euo pipefail
 read -r -a pretrain_args <<< "${PRETRAIN_ARGS:-}"
 read -r -a extra <<< "${POSTTRAIN_ARGS:-}"
-rounds=${HINTED_ROUNDS:-1}
+read -r -a rounds <<< "${HINTED_ROUNDS:-2:900}"
 out=${1:-outputs/posttrain_seeds}
 seeds=("${@:2}")
 [ ${#seeds[@]} -gt 0 ] || seeds=(1337 1338)
-[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "HINTED_ROUNDS must be a whole number >= 1, got '$rounds'" >&2; exit 2; }
+for spec in "${rounds[@]}"; do
+    [[ $spec =~ ^[1-9][0-9]*:[1-9][0-9]*$ ]] || {
+        echo "HINTED_ROUNDS must be rounds of N:STEPS (best of N, STEPS steps), say \"2:900 2:300\"; got '$spec'" >&2
+        exit 2
+    }
+done
+[ ${#rounds[@]} -gt 0 ] || { echo "HINTED_ROUNDS must name at least one round, say \"2:900\"" >&2; exit 2; }
 mkdir -p "$out"
 started=$SECONDS
 
@@ -35,15 +41,16 @@ timed() {  # timed NAME COMMAND...: run it, its output in $out/NAME.log; say how
 }
 
 run_seed() {  # every stage for one seed, one after another
-    local seed=$1 run=$out/seed$1 round from dir
+    local seed=$1 run=$out/seed$1 round from dir samples steps
     timed "sft_$seed" python finetune.py stage=sft init_from="$out/pretrain/checkpoints/best.ckpt" seed="$seed" \
         hydra.run.dir="$run/sft_plain" "${extra[@]}"
     from=$run/sft_plain/checkpoints/sft.ckpt
-    for ((round = 1; round <= rounds; round++)); do
+    for ((round = 1; round <= ${#rounds[@]}; round++)); do
+        samples=${rounds[round - 1]%:*} steps=${rounds[round - 1]#*:}
         dir=$run/sft_round$round
-        [ "$round" -lt "$rounds" ] || dir=$run/sft  # the last round's model is every method's SFT model
+        [ "$round" -lt ${#rounds[@]} ] || dir=$run/sft  # the last round's model is every method's SFT model
         timed "sft_hinted${round}_$seed" python finetune.py stage=sft init_from="$from" seed="$seed" \
-            stage.hinted_samples=2 trainer.max_steps=$((round == 1 ? 900 : 300)) trainer.val_check_interval=300 \
+            stage.hinted_samples="$samples" trainer.max_steps="$steps" trainer.val_check_interval=300 \
             hydra.run.dir="$dir" "${extra[@]}"
         from=$dir/checkpoints/sft.ckpt
     done
@@ -83,8 +90,8 @@ echo "all seeds, $OMP_NUM_THREADS torch threads each, side by side; the whole pi
 grep -h -o "best val loss [0-9.]*" "$out/pretrain.log" | tail -n 1
 for seed in "${seeds[@]}"; do
     echo "seed $seed: $(grep -h -o "held-out answer loss.*" "$out/sft_$seed.log"); \
-$(grep -h -o "[0-9]* of [0-9]* training questions get.*" "$out/sft_hinted${rounds}_$seed.log"); \
-$(grep -h -o "held-out answer loss.*" "$out/sft_hinted${rounds}_$seed.log"); \
+$(grep -h -o "[0-9]* of [0-9]* training questions get.*" "$out/sft_hinted${#rounds[@]}_$seed.log"); \
+$(grep -h -o "held-out answer loss.*" "$out/sft_hinted${#rounds[@]}_$seed.log"); \
 $(grep -h -o "held-out pairwise accuracy.*" "$out/reward_$seed.log"); \
 $(grep -h -o "held-out DPO loss.*" "$out/dpo_$seed.log")"
 done

@@ -49,14 +49,17 @@ def run_script(tmp_path, *seeds, **env):
 
 
 def test_rounds_chain_and_every_method_starts_from_the_last_round(tmp_path):
-    result, calls = run_script(tmp_path, "1337", "1338", HINTED_ROUNDS="3", PRETRAIN_ARGS="model.n_layer=6")
+    result, calls = run_script(
+        tmp_path, "1337", "1338", HINTED_ROUNDS="2:900 2:300 4:600", PRETRAIN_ARGS="model.n_layer=6"
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     # pre-training first, on every core, with PRETRAIN_ARGS
     assert calls[0].split() == ["all", "train.py", f"hydra.run.dir={out}/pretrain", "model.n_layer=6"]
     seed = [c for c in calls if "seed=1337" in c]
-    hinted = [c for c in seed if "stage.hinted_samples=2" in c]
-    assert [c.split("trainer.max_steps=")[1].split()[0] for c in hinted] == ["900", "300", "300"]
+    hinted = [c for c in seed if "stage.hinted_samples=" in c]
+    assert [c.split("stage.hinted_samples=")[1].split()[0] for c in hinted] == ["2", "2", "4"]
+    assert [c.split("trainer.max_steps=")[1].split()[0] for c in hinted] == ["900", "300", "600"]
     assert f"init_from={out}/seed1337/sft_plain/checkpoints/sft.ckpt" in hinted[0]
     assert f"init_from={out}/seed1337/sft_round1/checkpoints/sft.ckpt" in hinted[1]
     assert f"init_from={out}/seed1337/sft_round2/checkpoints/sft.ckpt" in hinted[2]
@@ -78,9 +81,10 @@ def test_a_failed_stage_fails_the_script_and_says_where(tmp_path):
     assert not any("stage=grpo" in c for c in calls)
 
 
-@pytest.mark.parametrize("rounds", ["0", "two"])
-def test_hinted_rounds_must_be_a_whole_number(tmp_path, rounds):
+@pytest.mark.parametrize("rounds", ["3", "2:900 two", "2:0", "2:900,2:300"])
+def test_hinted_rounds_must_be_rounds_of_samples_and_steps(tmp_path, rounds):
     result, calls = run_script(tmp_path, HINTED_ROUNDS=rounds)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"HINTED_ROUNDS must be a whole number >= 1, got '{rounds}'"
+    assert result.stderr.startswith("HINTED_ROUNDS must be rounds of N:STEPS")
+    assert len(result.stderr.strip().splitlines()) == 1
     assert calls == []
