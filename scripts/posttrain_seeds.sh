@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The post-training table of docs/post-training.md, from scratch: one pre-training run (python train.py, the
-# default model), then for each seed SFT, hinted SFT rounds, each from the round before (the model's own answers
-# started with its question's last content word, the best of N rated kept: stage.hinted_samples=N), the reward
-# model, PPO, DPO, GRPO and evaluate.py, every method from the last round's model. The seeds run side by side, each
-# with an equal share of the CPU's cores as torch threads (unless OMP_NUM_THREADS says otherwise). Prints each command's wall time, the SFT, reward-model and DPO figures, and
+# The post-training table of docs/post-training.md, from scratch: one pre-training run (python train.py: the
+# default model, or PRETRAIN_ARGS's), then for each seed SFT, hinted SFT rounds, each from the round before (the
+# model's own answers started with its question's last content word, the best of N rated kept:
+# stage.hinted_samples=N), the reward model, PPO, DPO, GRPO and evaluate.py, every method from the last round's
+# model. The seeds run side by side, each with an equal share of the CPU's cores as torch threads (unless
+# OMP_NUM_THREADS says otherwise). Prints each command's wall time, the SFT, reward-model and DPO figures, and
 # evaluate.py's table as the mean ± half the spread of the seeds. Settings from the environment:
 #   PRETRAIN_ARGS   extra arguments for train.py, say a larger model: "model.n_layer=6 model.n_head=6 model.n_embd=192"
 #   HINTED_ROUNDS   the hinted SFT rounds, one N:STEPS each (best of N, STEPS training steps); default "2:900",
