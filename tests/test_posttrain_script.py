@@ -76,9 +76,10 @@ def test_rounds_chain_and_every_method_starts_from_the_last_round(tmp_path):
 
 def test_a_failed_stage_fails_the_script_and_says_where(tmp_path):
     result, calls = run_script(tmp_path, "1337", FAIL="dpo")
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "dpo_1337 failed" in result.stderr
     assert not any("stage=grpo" in c for c in calls)
+    assert "best val loss" not in result.stdout  # it stops there: no summary from a half-made run
 
 
 @pytest.mark.parametrize("rounds", ["3", "2:900 two", "2:0", "2:900,2:300"])
